@@ -1,0 +1,67 @@
+"""Elementwise activations with their derivatives.
+
+The GN sweep pushes tangents through ``s(u C)``, so every activation needs ``s'`` in closed form:
+the tangent of ``s(P)`` along ``dP`` is ``s'(P) * dP``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LEAKY_RELU_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    grad: Callable[[torch.Tensor], torch.Tensor]
+    #: s(u C) is linear in u, so rank(A) <= h: used to predict rank deficiency.
+    linear: bool = False
+
+
+def _relu_grad(p):
+    return (p > 0).to(p.dtype)
+
+
+def _leaky_grad(p):
+    return torch.where(p > 0, torch.ones_like(p), torch.full_like(p, LEAKY_RELU_SLOPE))
+
+
+def _tanh_grad(p):
+    t = torch.tanh(p)
+    return 1 - t * t
+
+
+def _gelu_grad(p):
+    # d/dp [p * Phi(p)] = Phi(p) + p * phi(p)
+    cdf = 0.5 * (1 + torch.erf(p / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * p * p) / math.sqrt(2 * math.pi)
+    return cdf + p * pdf
+
+
+def _silu_grad(p):
+    sig = torch.sigmoid(p)
+    return sig * (1 + p * (1 - sig))
+
+
+ACTIVATIONS = {
+    "identity": Activation("identity", lambda p: p, torch.ones_like, linear=True),
+    "relu": Activation("relu", F.relu, _relu_grad),
+    "leaky_relu": Activation("leaky_relu", lambda p: F.leaky_relu(p, LEAKY_RELU_SLOPE), _leaky_grad),
+    "tanh": Activation("tanh", torch.tanh, _tanh_grad),
+    "gelu": Activation("gelu", F.gelu, _gelu_grad),
+    "silu": Activation("silu", F.silu, _silu_grad),
+}
+
+
+def get_activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None

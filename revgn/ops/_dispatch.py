@@ -1,0 +1,29 @@
+"""One dispatch mechanism for every op: reference, Triton, or the compiled extension."""
+from __future__ import annotations
+
+import torch
+
+from revgn import backend as _backend
+
+
+def implementation(op_name: str, reference, backend: str, device: torch.device):
+    """Return the callable that implements ``op_name`` on ``backend`` for ``device``.
+
+    Triton implementations live in ``revgn.kernels`` under the op's name; compiled ones are
+    ``torch.ops.revgn.<op_name>``. Both take the same arguments as the reference.
+    """
+    name = _backend.resolve(backend, device)
+    if name == "reference":
+        return reference
+    if name == "triton":
+        import revgn
+        kernels = revgn.load_kernels()
+        fn = getattr(kernels, op_name, None)
+    else:
+        from revgn import _extension
+        _extension.load()  # raises with a clear message when the build failed
+        fn = getattr(torch.ops.revgn, op_name, None) if hasattr(torch.ops, "revgn") else None
+    if fn is None:
+        # A backend may implement only some ops; the rest run on the reference.
+        return reference
+    return fn

@@ -1,0 +1,138 @@
+"""Batched small pseudoinverse solves ``Z = K^+ R`` for symmetric PSD Gram matrices (DESIGN §3.1).
+
+``K`` is (B, n, n) (or (n, n)), ``R`` is (B, n, k). Thresholds follow the singular values of the
+matrix ``A~`` whose Gram ``K = A~ A~^T`` is: an eigenvalue ``lam`` of ``K`` is kept when
+
+    lam > max(rtol^2 * lam_max, atol^2),
+
+which is exactly SVD truncation of ``A~`` at ``s > max(rtol * s_max, atol)``.
+
+Methods:
+
+- ``cholesky``: ``K = L L^T``; when the factorization fails or the smallest eigenvalue
+  (estimated by inverse iteration on the factor) falls under the threshold, that system falls
+  back to ``eigh`` truncation: the pseudoinverse answer, never a jittered one.
+- ``eigh``: ``K = V diag(lam) V^T``, ``Z = V diag(1/lam) V^T R`` over the kept eigenvalues.
+- ``damped``: ``Z = (K + damping I)^-1 R`` (``damping`` absolute), Cholesky; a system that is still
+  not positive definite falls back to ``eigh`` on ``K + damping I``.
+
+The kernel behind ``cholesky`` and ``damped`` is ``cholesky_factor_solve`` (one system per program
+on GPU); the fallback logic here is shared by every backend.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from revgn.ops._dispatch import implementation
+
+SOLVE_METHODS = ("cholesky", "eigh", "damped")
+
+#: status codes, per system
+SOLVED, FELL_BACK, NONFINITE = 0, 1, 2
+
+
+class GramSolution(NamedTuple):
+    Z: torch.Tensor       # (B, n, k)
+    rank: torch.Tensor    # (B,) int64: eigenvalues used
+    status: torch.Tensor  # (B,) int32: SOLVED, FELL_BACK (cholesky -> eigh), NONFINITE
+
+
+def cholesky_factor_solve_ref(K, R, damping: float):
+    """Factor ``K + damping I = L L^T`` and solve; returns ``(L, Z, info)``.
+
+    ``info`` (B,) int32 is 0 on success, else the order of the first non-positive leading minor
+    (LAPACK's convention); ``Z`` is unspecified for failed systems.
+    """
+    if damping:
+        K = K + damping * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    L, info = torch.linalg.cholesky_ex(K)
+    Z = torch.cholesky_solve(R, L)
+    return L, Z, info.to(torch.int32)
+
+
+def cholesky_factor_solve(K, R, damping: float = 0.0, backend: str = "auto"):
+    fn = implementation("cholesky_factor_solve", cholesky_factor_solve_ref, backend, K.device)
+    return fn(K, R, float(damping))
+
+
+def _start_vector(K):
+    n = K.shape[-1]
+    # Deterministic, and not orthogonal to any structured eigenvector in practice.
+    v = torch.linspace(1.0, 2.0, n, dtype=K.dtype, device=K.device)
+    v = v * torch.where(torch.arange(n, device=K.device) % 2 == 0, 1.0, -0.7).to(K.dtype)
+    return v.expand(*K.shape[:-1]).unsqueeze(-1).contiguous()
+
+
+def largest_eigenvalue(K, iters: int = 12):
+    """Power-iteration estimate of ``lam_max`` (a lower bound converging from below)."""
+    v = torch.ones(*K.shape[:-1], 1, dtype=K.dtype, device=K.device)
+    for _ in range(iters):
+        v = K @ v
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(K.dtype).tiny)
+    return (v.transpose(-1, -2) @ K @ v).squeeze(-1).squeeze(-1)
+
+
+def smallest_eigenvalue(K, L, iters: int = 8):
+    """Inverse-iteration estimate of ``lam_min`` from the Cholesky factor (an upper bound)."""
+    v = _start_vector(K)
+    for _ in range(iters):
+        v = torch.cholesky_solve(v, L)
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(K.dtype).tiny)
+    return (v.transpose(-1, -2) @ K @ v).squeeze(-1).squeeze(-1)
+
+
+def eigh_solve(K, R, rtol: float, atol: float):
+    """Truncated spectral solve; returns ``(Z, rank)``."""
+    lam, V = torch.linalg.eigh(K)
+    lam_max = lam[..., -1:].clamp_min(0)
+    keep = lam > torch.maximum(rtol * rtol * lam_max, torch.full_like(lam_max, atol * atol))
+    keep &= lam > 0
+    inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
+    Z = V @ (inv.unsqueeze(-1) * (V.transpose(-1, -2) @ R))
+    return Z, keep.sum(dim=-1)
+
+
+def gram_solve(K, R, method: str = "cholesky", rtol: float = 0.0, atol: float = 0.0,
+               damping: float = 0.0, backend: str = "auto") -> GramSolution:
+    """Solve ``K Z = R`` with pseudoinverse semantics; see the module docstring."""
+    if method not in SOLVE_METHODS:
+        raise ValueError(f"unknown gram_solve method {method!r}; choose one of {SOLVE_METHODS}")
+    unbatched = K.dim() == 2
+    if unbatched:
+        K, R = K.unsqueeze(0), R.unsqueeze(0)
+    B, n = K.shape[0], K.shape[-1]
+    status = torch.zeros(B, dtype=torch.int32, device=K.device)
+    rank = torch.full((B,), n, dtype=torch.int64, device=K.device)
+
+    if method == "eigh":
+        Z, rank = eigh_solve(K, R, rtol, atol)
+    else:
+        shift = damping if method == "damped" else 0.0
+        L, Z, info = cholesky_factor_solve(K, R, shift, backend=backend)
+        failed = info != 0
+        if method == "cholesky" and (rtol > 0 or atol > 0):
+            ok = ~failed
+            if ok.any():
+                Kok = K[ok]
+                thresh = torch.maximum(rtol * rtol * largest_eigenvalue(Kok),
+                                       torch.full((Kok.shape[0],), atol * atol,
+                                                  dtype=K.dtype, device=K.device))
+                ill = smallest_eigenvalue(Kok, L[ok]) <= thresh
+                failed = failed.clone()
+                failed[ok] = ill
+        if failed.any():
+            Kf = K[failed]
+            if shift:
+                Kf = Kf + shift * torch.eye(n, dtype=K.dtype, device=K.device)
+            Zf, rank_f = eigh_solve(Kf, R[failed], rtol, atol)
+            Z = Z.clone()
+            Z[failed] = Zf
+            rank[failed] = rank_f
+            status[failed] = FELL_BACK
+    bad = ~torch.isfinite(Z).flatten(1).all(dim=1)
+    status = torch.where(bad, torch.full_like(status, NONFINITE), status)
+    if unbatched:
+        Z = Z.squeeze(0)
+    return GramSolution(Z, rank, status)
