@@ -37,3 +37,7 @@ def load_kernels():
             raise
         return module
     raise ImportError("revgn.kernels is not installed and no kernels/ folder is beside revgn/")
+
+
+from revgn.model import RevMLP  # noqa: E402
+from revgn.exact_gn import ExactGN, GNStepResult, NonFiniteStepError  # noqa: E402

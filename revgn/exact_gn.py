@@ -1,0 +1,306 @@
+"""``ExactGN``: the exact Gauss-Newton optimizer for ``RevMLP`` (DESIGN §3)."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from revgn.backend import check_backend_name
+from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
+from revgn.model import RevMLP
+from revgn.solvers import SOLVERS, SolverConfig
+from revgn.sweep import TANGENT_MODES, CouplingReport, gn_sweep, relative_residual
+from revgn.validation import (check_choice, check_features, check_nonnegative, check_targets)
+
+STEP_SCALINGS = ("function", "per_block")
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class GNStepResult:
+    """What one GN step did.
+
+    ``loss`` is the batch loss before the step; ``blocks`` holds one exactness report per
+    coupling (last block first); ``exact`` is true when every coupling realized its target
+    exactly; ``inversion_error`` is ``||X_0(rebuilt) - X_0|| / ||X_0||`` at the end of the sweep.
+    """
+    loss: float
+    blocks: list[CouplingReport] = field(default_factory=list)
+    inversion_error: float = 0.0
+    applied: bool = True
+    skipped_reason: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return all(r.exact for r in self.blocks)
+
+    @property
+    def max_residual(self) -> float:
+        return max((r.residual for r in self.blocks), default=0.0)
+
+    def summary(self) -> str:
+        rows = [f"loss {self.loss:.6g}  exact={self.exact}  inversion_error={self.inversion_error:.2e}"]
+        for r in self.blocks:
+            rows.append(f"  block {r.block} {r.coupling}: residual {r.residual:.2e}  rank "
+                        f"{r.rank}/{r.rows}  {r.method}")
+        return "\n".join(rows)
+
+
+class NonFiniteStepError(FloatingPointError):
+    """A step produced a non-finite update; the parameters were left unchanged."""
+
+
+class ExactGN(torch.optim.Optimizer):
+    """Exact Gauss-Newton for a ``RevMLP``: one step moves the batch outputs by ``-lr * e``
+    (``step_scaling="function"``) to first order, ``e_i = H_i^+ g_i``.
+
+    Args:
+        model: the ``RevMLP`` to train (its ``W`` and ``b`` are the parameters).
+        lr: step size (function-space; see ``step_scaling``).
+        loss: ``"cross_entropy"`` (integer labels) or ``"mse"`` (``1/2 ||f - y||^2`` per sample).
+        curvature: cross-entropy output curvature, ``"identity"`` (the paper's configs),
+            ``"exact"`` (the softmax Hessian's pseudoinverse) or ``"damped"`` (``H + damping I``).
+        damping: lambda of ``curvature="damped"``.
+        solver, rtol, atol: the pseudoinverse solve (``revgn.solvers``); truncation keeps singular
+            values ``s > max(rtol s_max, atol)``.
+        pinv_damping, pinv_damping_relative: lambda of ``solver="damped"``, relative to ``s_max^2``
+            unless ``pinv_damping_relative=False``.
+        rsvd_rank: rank of ``solver="rsvd"`` (default: all).
+        noise: add ``noise * rms(D) * N(0, 1)`` to every solution (paper appendix ablation).
+        step_scaling: ``"function"`` applies ``theta -= (lr / L) D`` so the step moves outputs by
+            ``-lr e``; ``"per_block"`` applies ``theta -= lr D`` (the authors' convention, an
+            effective step of ``L lr``).
+        weight_decay: decoupled, ``theta -= lr * weight_decay * theta``.
+        tangent_mode: ``"analytic"`` or ``"autodiff"`` (forward-mode AD through the inverse).
+        backend: which implementation runs the ops (``revgn.backend``).
+        on_nonfinite: ``"raise"`` (``NonFiniteStepError``) or ``"skip"`` (report and leave the
+            parameters unchanged) when a step's update is not finite.
+        seed: seed of the generator used by ``noise`` and ``rsvd``.
+    """
+
+    def __init__(self, model, lr: float = 1.0, loss: str = "cross_entropy",
+                 curvature: str = "identity", damping: float = 0.0, solver: str = "cholesky",
+                 rtol: float = 0.0, atol: float = 0.0, noise: float = 0.0,
+                 step_scaling: str = "function", weight_decay: float = 0.0,
+                 tangent_mode: str = "analytic", backend: str = "auto",
+                 pinv_damping: float = 0.0, pinv_damping_relative: bool = True,
+                 rsvd_rank: int | None = None, on_nonfinite: str = "raise", seed: int = 0):
+        if not isinstance(model, RevMLP):
+            raise TypeError(
+                f"ExactGN needs a revgn.RevMLP (its exact step inverts reversible couplings); got "
+                f"{type(model).__name__}. For any other nn.Module use revgn.EGN.")
+        check_choice(loss, "loss", LOSSES)
+        check_choice(curvature, "curvature", CURVATURES)
+        check_choice(solver, "solver", SOLVERS)
+        check_choice(step_scaling, "step_scaling", STEP_SCALINGS)
+        check_choice(tangent_mode, "tangent_mode", TANGENT_MODES)
+        check_choice(on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
+        check_backend_name(backend)
+        for name, value in (("lr", lr), ("damping", damping), ("rtol", rtol), ("atol", atol),
+                            ("noise", noise), ("weight_decay", weight_decay),
+                            ("pinv_damping", pinv_damping)):
+            check_nonnegative(value, name)
+        if curvature == "damped" and damping <= 0:
+            raise ValueError("curvature='damped' needs damping > 0 (damping=0 is "
+                             "curvature='exact')")
+        if curvature != "identity" and loss != "cross_entropy":
+            raise ValueError(f"curvature={curvature!r} applies to loss='cross_entropy' only")
+        if solver == "damped" and pinv_damping <= 0:
+            raise ValueError("solver='damped' needs pinv_damping > 0")
+        if rsvd_rank is not None and rsvd_rank < 1:
+            raise ValueError(f"rsvd_rank must be >= 1; got {rsvd_rank}")
+        defaults = dict(lr=lr, weight_decay=weight_decay)
+        super().__init__(model.parameters(), defaults)
+        self.model = model
+        self.loss = loss
+        self.curvature = curvature
+        self.damping = damping
+        self.noise = noise
+        self.step_scaling = step_scaling
+        self.tangent_mode = tangent_mode
+        self.backend = backend
+        self.on_nonfinite = on_nonfinite
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+        self.solver_config = SolverConfig(
+            solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
+            pinv_damping_relative=pinv_damping_relative, rsvd_rank=rsvd_rank, backend=backend,
+            generator=self.generator)
+        self._warned = set()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def direction(self, x, y):
+        """The parameter change one ``step(x, y)`` would apply, without applying it.
+
+        Returns ``(deltas, result)``: one tensor per parameter of ``model.parameters()``.
+        """
+        deltas = {id(p): torch.zeros_like(p) for p in self._params()}
+        result = self._run(x, y, lambda coupling, dW, db, A, Z: self._accumulate(
+            deltas, coupling, dW, db, A, Z), commit=False)
+        return [deltas[id(p)] for p in self._params()], result
+
+    @torch.no_grad()
+    def step(self, x, y) -> GNStepResult:  # noqa: D401 - signature differs from Optimizer.step
+        """One GN step on the batch ``(x, y)``; returns a ``GNStepResult``."""
+        applied = []
+
+        def apply(coupling, dW, db, A, Z):
+            applied.append((coupling, dW, db, A, Z))
+            self._apply_update(coupling, dW, db, A, Z, sign=1.0)
+
+        try:
+            result = self._run(x, y, apply, commit=True)
+        except NonFiniteStepError:
+            # Later blocks were already updated in place: undo them, last applied first.
+            for coupling, dW, db, A, Z in reversed(applied):
+                self._apply_update(coupling, dW, db, A, Z, sign=-1.0)
+            raise
+        if not result.applied:
+            for coupling, dW, db, A, Z in reversed(applied):
+                self._apply_update(coupling, dW, db, A, Z, sign=-1.0)
+        return result
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def _params(self):
+        return self.param_groups[0]["params"]
+
+    def _group(self):
+        return self.param_groups[0]
+
+    def _scale(self) -> float:
+        lr = self._group()["lr"]
+        return lr / self.model.depth if self.step_scaling == "function" else lr
+
+    def _prepare(self, x, y):
+        model = self.model
+        ref = model.U
+        x = check_features(x, model.in_features, ref.dtype, ref.device)
+        y = check_targets(y, x.shape[0], self.loss, model.num_classes, ref.dtype, ref.device)
+        return x, y
+
+    def _run(self, x, y, consume, commit: bool) -> GNStepResult:
+        model = self.model
+        x, y = self._prepare(x, y)
+        X_L = model.stream(x)
+        logits = model.readout(X_L)
+        if not bool(torch.isfinite(logits).all()):
+            return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
+                                   "not finite at these parameters")
+        loss = float(batch_loss(logits, y, self.loss))
+        e = output_step(logits, y, self.loss, self.curvature, self.damping, self.backend)
+        E = e @ model.U.t()  # the lift: U^T U = I, so E U = e
+        result = GNStepResult(loss=loss)
+        n = x.shape[0]
+        self._warn_shape(n)
+        X0 = None
+        for block_step in gn_sweep(model, X_L, E, self.solver_config, self.tangent_mode):
+            result.blocks.extend(block_step.reports)
+            block = model.blocks[block_step.index]
+            for coupling, sol, A in ((block.F, block_step.F, block_step.A_F),
+                                     (block.G, block_step.G, block_step.A_G)):
+                if not sol.finite:
+                    return self._nonfinite(result, f"block {block_step.index} produced a "
+                                           "non-finite solution")
+                dW, db, Z = self._solution_update(sol, A)
+                consume(coupling, dW, db, A, Z)
+            X0 = (block_step.X1, block_step.X2)
+            del block_step
+        rebuilt = torch.cat(X0, dim=1)
+        result.inversion_error = relative_residual(rebuilt, x)
+        self._warn_inexact(result)
+        if commit:
+            state = self.state[self._params()[0]]
+            state["step"] = state.get("step", 0) + 1
+        return result
+
+    def _solution_update(self, sol, A):
+        """``(dW, db, Z)``; the Gram route keeps ``Z`` (the update is ``Z^T A``) unless noise
+        needs the explicit ``dW``."""
+        if sol.Z is not None and not self.noise:
+            return None, None, sol.Z
+        dW, db = sol.parameter_update(A, backend=self.backend)
+        if self.noise:
+            dW, db = self._add_noise(dW), (self._add_noise(db) if db is not None else None)
+        if not bool(torch.isfinite(dW).all()) or (db is not None and not bool(
+                torch.isfinite(db).all())):
+            raise NonFiniteStepError("a non-finite update was produced")
+        return dW, db, None
+
+    def _add_noise(self, D):
+        rms = D.pow(2).mean().sqrt()
+        xi = torch.randn(D.shape, generator=self.generator, dtype=D.dtype).to(D.device)
+        return D + self.noise * rms * xi
+
+    def _apply_update(self, coupling, dW, db, A, Z, sign: float):
+        """``theta <- (1 - lr wd) theta - scale D`` (``sign=-1`` undoes it)."""
+        group = self._group()
+        decay = group["lr"] * group["weight_decay"]
+        alpha = -sign * self._scale()
+        params = [coupling.W] + ([coupling.b] if coupling.b is not None else [])
+        if sign < 0:
+            self._add_update(coupling, dW, db, A, Z, alpha)
+            if decay:
+                for p in params:
+                    p.div_(1 - decay)
+            return
+        if decay:
+            for p in params:
+                p.mul_(1 - decay)
+        self._add_update(coupling, dW, db, A, Z, alpha)
+
+    def _add_update(self, coupling, dW, db, A, Z, alpha):
+        if Z is not None:
+            from revgn.ops import jt_update_
+            jt_update_(coupling.W, coupling.b, A, Z, alpha, backend=self.backend)
+            return
+        coupling.W.add_(dW, alpha=alpha)
+        if coupling.b is not None:
+            coupling.b.add_(db, alpha=alpha)
+
+    def _accumulate(self, deltas, coupling, dW, db, A, Z):
+        if Z is not None:
+            dW, db = self._solution_update_from_Z(A, Z)
+        group = self._group()
+        decay = group["lr"] * group["weight_decay"]
+        scale = self._scale()
+        deltas[id(coupling.W)] = -scale * dW - decay * coupling.W
+        if coupling.b is not None:
+            deltas[id(coupling.b)] = -scale * db - decay * coupling.b
+
+    def _solution_update_from_Z(self, A, Z):
+        from revgn.ops import jt_product
+        return jt_product(A, Z, backend=self.backend)
+
+    def _nonfinite(self, result: GNStepResult, why: str) -> GNStepResult:
+        if self.on_nonfinite == "raise":
+            raise NonFiniteStepError(f"{why}; the parameters were left unchanged "
+                                     "(on_nonfinite='skip' reports instead of raising)")
+        result.applied = False
+        result.skipped_reason = why
+        return result
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def _warn_shape(self, n: int):
+        m = self.model.bottleneck + 1
+        if n > m:
+            self._warn_once("tall", f"batch size {n} exceeds the solve's column count {m} "
+                            "(M + 1): the GN step is a least-squares fit, not exact")
+
+    def _warn_inexact(self, result: GNStepResult):
+        rank_short = [r for r in result.blocks if r.rank < r.rows and r.method != "transpose"]
+        if rank_short:
+            r = rank_short[0]
+            self._warn_once("rank", f"block {r.block} coupling {r.coupling}: rank {r.rank} < "
+                            f"batch {r.rows}; the step realizes only the projection of its "
+                            f"target (pseudoinverse solution); see the step result's reports")

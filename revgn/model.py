@@ -1,0 +1,191 @@
+"""The reversible MLP with a fixed random inverted bottleneck (DESIGN §2).
+
+Row convention: a batch is ``n x features``. The stream is the flattened input ``X in R^{n x d}``,
+split into halves ``X1 = X[:, :h]``, ``X2 = X[:, h:]``. Block ``l`` is an additive coupling pair
+
+    Y1 = X1 + F(X2),     F(u) = s_l(u C_F) W_F^T + b_F
+    Y2 = X2 + G(Y1),     G(u) = s_l(u C_G) W_G^T + b_G
+
+with ``C in R^{h x M}`` fixed (entries N(0, 1/M)), ``W in R^{h x M}`` and ``b in R^h`` trainable.
+The readout is ``logits = X_L U`` with ``U in R^{d x k}`` fixed, orthonormal columns.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from revgn.activations import get_activation
+
+
+class Coupling(nn.Module):
+    """One half of a reversible block: ``u -> s(u C) W^T + b``.
+
+    Without the inverted bottleneck ``C`` is None and ``F(u) = s(u) W^T + b`` with ``W in R^{h x h}``.
+    """
+
+    def __init__(self, half: int, bottleneck: int | None, activation: str, init_std: float,
+                 bias: bool):
+        super().__init__()
+        self.activation = activation
+        self._act = get_activation(activation)
+        width = half if bottleneck is None else bottleneck
+        if bottleneck is not None:
+            C = torch.randn(half, bottleneck, dtype=torch.float64) / math.sqrt(bottleneck)
+            self.register_buffer("C", C.to(torch.get_default_dtype()))
+        else:
+            self.C = None
+        W = torch.randn(half, width, dtype=torch.float64) * init_std
+        self.W = nn.Parameter(W.to(torch.get_default_dtype()))
+        self.b = nn.Parameter(torch.zeros(half)) if bias else None
+
+    @property
+    def width(self) -> int:
+        """Columns of ``A = s(u C)``: the bottleneck ``M`` (or ``h`` without one)."""
+        return self.W.shape[1]
+
+    def preactivation(self, u: torch.Tensor) -> torch.Tensor:
+        return u @ self.C if self.C is not None else u
+
+    def activations(self, u: torch.Tensor) -> torch.Tensor:
+        """``A = s(u C)``, the matrix whose pseudoinverse gives the update of ``W``."""
+        return self._act.fn(self.preactivation(u))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        out = self.activations(u) @ self.W.t()
+        return out + self.b if self.b is not None else out
+
+    def max_rank(self) -> int | None:
+        """Upper bound on ``rank([A, 1])`` known in advance (linear activation), else None."""
+        if not self._act.linear:
+            return None
+        rank = min(self.C.shape[0], self.width) if self.C is not None else self.width
+        return rank + (1 if self.b is not None else 0)
+
+
+class RevBlock(nn.Module):
+    """``Y1 = X1 + F(X2)``, ``Y2 = X2 + G(Y1)``; inverted exactly by ``X2 = Y2 - G(Y1)``,
+    ``X1 = Y1 - F(X2)``."""
+
+    def __init__(self, half: int, bottleneck: int | None, activation: str, init_std: float,
+                 bias: bool):
+        super().__init__()
+        self.F = Coupling(half, bottleneck, activation, init_std, bias)
+        self.G = Coupling(half, bottleneck, activation, init_std, bias)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        y1 = x1 + self.F(x2)
+        y2 = x2 + self.G(y1)
+        return y1, y2
+
+    def inverse(self, y1: torch.Tensor, y2: torch.Tensor):
+        x2 = y2 - self.G(y1)
+        x1 = y1 - self.F(x2)
+        return x1, x2
+
+
+class RevMLP(nn.Module):
+    """Reversible MLP (Buffelli et al., NeurIPS 2024); see the module docstring.
+
+    Only ``W`` and ``b`` of every coupling are parameters; ``C`` and ``U`` are buffers (fixed, saved
+    in ``state_dict``). The stream width is ``in_features``, which must be even.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, depth: int = 2, bottleneck: int = 8000,
+                 activation: str = "relu", first_activation: str = "identity",
+                 init_std: float = 1e-3, bias: bool = True, inverted_bottleneck: bool = True):
+        super().__init__()
+        if in_features < 2 or in_features % 2:
+            raise ValueError(
+                f"RevMLP needs an even in_features >= 2 (the stream is split into two halves); "
+                f"got {in_features}. Zero-pad the input by one feature to make it even.")
+        if num_classes < 1 or num_classes > in_features:
+            raise ValueError(f"num_classes must be in [1, in_features={in_features}]; "
+                             f"got {num_classes}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1; got {depth}")
+        if inverted_bottleneck and bottleneck < 1:
+            raise ValueError(f"bottleneck must be >= 1; got {bottleneck}")
+        get_activation(activation), get_activation(first_activation)  # validate names early
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.half = in_features // 2
+        self.inverted_bottleneck = inverted_bottleneck
+        self.bottleneck = bottleneck if inverted_bottleneck else self.half
+        width = bottleneck if inverted_bottleneck else None
+        self.blocks = nn.ModuleList(
+            RevBlock(self.half, width, first_activation if l == 0 else activation, init_std, bias)
+            for l in range(depth))
+        U, _ = torch.linalg.qr(torch.randn(in_features, num_classes, dtype=torch.float64))
+        self.register_buffer("U", U.to(torch.get_default_dtype()))
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def _apply(self, fn, *args, **kwargs):
+        # A dtype change rounds U; re-orthonormalize so that the lift E = e U^T stays exact
+        # (U^T U = I) in the dtype the model runs in.
+        out = super()._apply(fn, *args, **kwargs)
+        self.U = orthonormalize(self.U)
+        return out
+
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError("expected a non-empty batch with the batch dimension first")
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"expected {self.in_features} features per example after "
+                             f"flattening; got {x.shape[1]}")
+        return x
+
+    def split(self, x: torch.Tensor):
+        return x[:, :self.half], x[:, self.half:]
+
+    def stream(self, x: torch.Tensor) -> torch.Tensor:
+        """The output stream ``X_L`` (n x d) before the readout."""
+        x1, x2 = self.split(self.flatten(x))
+        for block in self.blocks:
+            x1, x2 = block(x1, x2)
+        return torch.cat([x1, x2], dim=1)
+
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stream after every block, ``[X_1, ..., X_L]``, each (n x d)."""
+        x1, x2 = self.split(self.flatten(x))
+        outs = []
+        for block in self.blocks:
+            x1, x2 = block(x1, x2)
+            outs.append(torch.cat([x1, x2], dim=1))
+        return outs
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Rebuild the (flattened) input from the output stream by inverting every block."""
+        y1, y2 = self.split(y)
+        for block in reversed(self.blocks):
+            y1, y2 = block.inverse(y1, y2)
+        return torch.cat([y1, y2], dim=1)
+
+    def readout(self, stream: torch.Tensor) -> torch.Tensor:
+        return stream @ self.U
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.stream(x))
+
+    def couplings(self):
+        """``(block index, name, coupling)`` for every coupling, in forward order."""
+        for l, block in enumerate(self.blocks):
+            yield l, "F", block.F
+            yield l, "G", block.G
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
+                f"depth={self.depth}, bottleneck={self.bottleneck if self.inverted_bottleneck else None}")
+
+
+def orthonormalize(U: torch.Tensor) -> torch.Tensor:
+    """Nearest orthonormal-column matrix to ``U`` (sign-fixed QR in float64, cast back)."""
+    Q, R = torch.linalg.qr(U.detach().to(torch.float64))
+    signs = torch.sign(torch.diagonal(R))
+    signs[signs == 0] = 1
+    return (Q * signs).to(U.dtype)

@@ -1,0 +1,206 @@
+"""Per-coupling pseudoinverse solves ``D = pinv(A~) T`` (DESIGN §3.1).
+
+``A~ = [A, 1]`` is n x (M+1) (no ones column without bias), ``T`` is the coupling's target tangent
+(n x h). ``D``'s first M rows are ``dW^T`` and its last row is ``db``. For a wide ``A~``
+(``n <= M+1``) the solve goes through the n x n Gram matrix ``K = A~ A~^T``:
+
+    Z = K^+ T,    dW = Z^T A,    db = 1^T Z,    realized change  A~ D = K Z.
+
+Solvers (they agree where their assumptions hold):
+
+- ``cholesky`` (default), ``eigh``, ``damped``: the Gram route above (``revgn.ops.gram_solve``).
+- ``svd``: ``torch.linalg.svd`` of ``A~`` itself (the authors' method; reference only).
+- ``qr``: ``A~^T = Q R``, then the SVD of the small ``R``: exact truncation without squaring the
+  condition number.
+- ``rsvd``: randomized range finder (Halko et al.) of rank ``rsvd_rank`` + oversampling.
+- ``transpose``: ``D = A~^T T`` (a gradient-like baseline, not a pseudoinverse).
+
+Truncation keeps singular values ``s > max(rtol * s_max, atol)``. On the Gram the relative
+threshold is raised to ``gram_rtol_floor(dtype)``: singular values below about ``sqrt(eps) s_max``
+are not resolvable from ``K`` (DESIGN §3.1, Precision); a finer ``rtol`` goes to the ``qr`` route.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from revgn.ops import gram, gram_solve, jt_product
+from revgn.ops.solve import FELL_BACK, NONFINITE
+
+SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose")
+GRAM_SOLVERS = ("cholesky", "eigh", "damped")
+
+
+def gram_rtol_floor(dtype: torch.dtype) -> float:
+    """Finest relative singular-value threshold the Gram of a ``dtype`` matrix can resolve."""
+    return 2.0 * torch.finfo(dtype).eps ** 0.5
+
+
+@dataclass
+class SolverConfig:
+    solver: str = "cholesky"
+    rtol: float = 0.0
+    atol: float = 0.0
+    #: Tikhonov lambda of the ``damped`` solver, relative to ``s_max^2`` unless absolute
+    pinv_damping: float = 0.0
+    pinv_damping_relative: bool = True
+    rsvd_rank: int | None = None
+    rsvd_oversample: int = 10
+    rsvd_power_iters: int = 2
+    backend: str = "auto"
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+@dataclass
+class CouplingSolution:
+    """The solve of one coupling. ``Z`` is set on the Gram route, ``dW``/``db`` otherwise."""
+    realized: torch.Tensor          # A~ D (n x h): how the coupling output moves per unit step
+    rank: int
+    method: str                     # the route that ran, e.g. "cholesky" or "cholesky->eigh"
+    exact: bool                     # A~ D = T: full row rank and nothing truncated or damped
+    Z: torch.Tensor | None = None
+    dW: torch.Tensor | None = None
+    db: torch.Tensor | None = None
+    finite: bool = True
+
+    def parameter_update(self, A: torch.Tensor, backend: str = "auto"):
+        """``(dW, db)`` in the layout of ``(W, b)``."""
+        if self.Z is not None:
+            return jt_product(A, self.Z, backend=backend)
+        return self.dW, self.db
+
+
+def with_ones(A: torch.Tensor, bias: bool) -> torch.Tensor:
+    """``A~ = [A, 1]`` (or ``A`` without bias)."""
+    if not bias:
+        return A
+    return torch.cat([A, A.new_ones(A.shape[0], 1)], dim=1)
+
+
+def _split(D: torch.Tensor, bias: bool):
+    if bias:
+        return D[:-1].t(), D[-1]
+    return D.t(), None
+
+
+def _default_rtol(shape, dtype, rtol: float, atol: float) -> float:
+    # torch.linalg.pinv's default when neither threshold is given
+    if rtol == 0.0 and atol == 0.0:
+        return torch.finfo(dtype).eps * max(shape)
+    return rtol
+
+
+def _svd_pinv_apply(Uo, S, Vh, T, rtol: float, atol: float):
+    """``V diag(1/S) U^T T`` over the kept singular values; returns ``(D, rank)``."""
+    s_max = S[:1].clamp_min(0) if S.numel() else S.new_zeros(1)
+    keep = S > torch.maximum(rtol * s_max, torch.full_like(s_max, atol))
+    inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
+    D = Vh.transpose(-1, -2) @ (inv[:, None] * (Uo.transpose(-1, -2) @ T))
+    return D, int(keep.sum())
+
+
+def _finish_dense(At, T, D, bias, rank, method, exact):
+    dW, db = _split(D, bias)
+    realized = At @ D
+    return CouplingSolution(realized=realized, rank=rank, method=method, exact=exact, dW=dW,
+                            db=db, finite=bool(torch.isfinite(D).all()))
+
+
+def solve_svd(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
+    At = with_ones(A, bias)
+    rtol = _default_rtol(At.shape, At.dtype, cfg.rtol, cfg.atol)
+    U, S, Vh = torch.linalg.svd(At, full_matrices=False)
+    D, rank = _svd_pinv_apply(U, S, Vh, T, rtol, cfg.atol)
+    return _finish_dense(At, T, D, bias, rank, "svd", rank == A.shape[0])
+
+
+def solve_qr(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
+    At = with_ones(A, bias)
+    if At.shape[0] > At.shape[1]:
+        return solve_svd(A, T, bias, cfg)
+    rtol = _default_rtol(At.shape, At.dtype, cfg.rtol, cfg.atol)
+    # A~^T = Q R  =>  A~ = R^T Q^T; with R = Ur S Vr^T:  A~ = Vr S (Q Ur)^T, an SVD of A~.
+    Q, R = torch.linalg.qr(At.t())
+    Ur, S, Vrh = torch.linalg.svd(R, full_matrices=False)
+    D, rank = _svd_pinv_apply(Vrh.t(), S, (Q @ Ur).t(), T, rtol, cfg.atol)
+    return _finish_dense(At, T, D, bias, rank, "qr", rank == A.shape[0])
+
+
+def solve_rsvd(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
+    At = with_ones(A, bias)
+    n, m = At.shape
+    rank = min(n, m) if cfg.rsvd_rank is None else min(cfg.rsvd_rank, n, m)
+    width = min(rank + cfg.rsvd_oversample, m)
+    omega = torch.randn(m, width, dtype=At.dtype, device=At.device, generator=cfg.generator)
+    Y = At @ omega
+    for _ in range(cfg.rsvd_power_iters):
+        Y = At @ (At.t() @ torch.linalg.qr(Y).Q)
+    Qr = torch.linalg.qr(Y).Q
+    Ub, S, Vh = torch.linalg.svd(Qr.t() @ At, full_matrices=False)
+    Ub, S, Vh = Ub[:, :rank], S[:rank], Vh[:rank]
+    rtol = _default_rtol(At.shape, At.dtype, cfg.rtol, cfg.atol)
+    D, used = _svd_pinv_apply(Qr @ Ub, S, Vh, T, rtol, cfg.atol)
+    return _finish_dense(At, T, D, bias, used, "rsvd", used == n)
+
+
+def solve_transpose(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
+    dW = T.t() @ A
+    db = T.sum(dim=0) if bias else None
+    realized = A @ dW.t()
+    if bias:
+        realized = realized + db
+    return CouplingSolution(realized=realized, rank=0, method="transpose", exact=False, dW=dW,
+                            db=db, finite=bool(torch.isfinite(dW).all()))
+
+
+def solve_tall(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
+    """``n > M + 1``: least squares through the (M+1) x (M+1) Gram ``A~^T A~`` (not exact)."""
+    At = with_ones(A, bias)
+    rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
+    G = (At.t() @ At).to(torch.float64)
+    sol = gram_solve(G, (At.t() @ T).to(torch.float64), "eigh", rtol, cfg.atol,
+                     backend=cfg.backend)
+    D = sol.Z.to(A.dtype)
+    return _finish_dense(At, T, D, bias, int(sol.rank), "tall-eigh", False)
+
+
+def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
+    n = A.shape[0]
+    method = cfg.solver
+    rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
+    K = gram(A, bias, backend=cfg.backend)
+    K64, T64 = K.to(torch.float64), T.to(torch.float64)
+    damping = 0.0
+    route = method
+    if method == "damped":
+        damping = cfg.pinv_damping
+        if cfg.pinv_damping_relative:
+            damping *= float(torch.linalg.eigvalsh(K64)[-1])
+    elif method == "cholesky" and max_rank is not None and max_rank < n:
+        # A linear block's rank is known in advance: skip the doomed factorization.
+        method, route = "eigh", "cholesky->eigh (rank known)"
+    sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, backend=cfg.backend)
+    status = int(sol.status)
+    if status == FELL_BACK:
+        route = f"{cfg.solver}->eigh"
+    rank = int(sol.rank)
+    realized = (K64 @ sol.Z).to(A.dtype)
+    exact = rank == n and method != "damped"
+    return CouplingSolution(realized=realized, rank=rank, method=route, exact=exact,
+                            Z=sol.Z.to(A.dtype), finite=status != NONFINITE)
+
+
+def solve_coupling(A, T, bias: bool, cfg: SolverConfig,
+                   max_rank: int | None = None) -> CouplingSolution:
+    """Dispatch one coupling's ``pinv(A~) T`` to the configured solver."""
+    n, m = A.shape[0], A.shape[1] + (1 if bias else 0)
+    if cfg.solver == "transpose":
+        return solve_transpose(A, T, bias, cfg)
+    if n > m:
+        return solve_tall(A, T, bias, cfg)
+    if cfg.solver in GRAM_SOLVERS:
+        if cfg.solver != "damped" and 0.0 < cfg.rtol < gram_rtol_floor(A.dtype):
+            return solve_qr(A, T, bias, cfg)
+        return solve_gram(A, T, bias, cfg, max_rank)
+    return {"svd": solve_svd, "qr": solve_qr, "rsvd": solve_rsvd}[cfg.solver](A, T, bias, cfg)
