@@ -164,6 +164,20 @@ class ExactGN(torch.optim.Optimizer):
                 self._apply_update(coupling, dW, db, A, Z, sign=-1.0)
         return result
 
+    def state_dict(self):
+        """The optimizer state plus the generator behind ``noise`` and ``rsvd``, so that a
+        loaded optimizer continues exactly like an uninterrupted one."""
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        generator = state_dict.pop("generator", None)
+        super().load_state_dict(state_dict)
+        if generator is not None:
+            self.generator.set_state(generator)
+
     # -- the step ------------------------------------------------------------------------------
 
     def _params(self):

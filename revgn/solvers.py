@@ -63,11 +63,13 @@ class CouplingSolution:
     dW: torch.Tensor | None = None
     db: torch.Tensor | None = None
     finite: bool = True
+    bias: bool = True
 
     def parameter_update(self, A: torch.Tensor, backend: str = "auto"):
-        """``(dW, db)`` in the layout of ``(W, b)``."""
+        """``(dW, db)`` in the layout of ``(W, b)``; ``db`` is None without bias."""
         if self.Z is not None:
-            return jt_product(A, self.Z, backend=backend)
+            dW, db = jt_product(A, self.Z, backend=backend)
+            return dW, (db if self.bias else None)
         return self.dW, self.db
 
 
@@ -104,7 +106,7 @@ def _finish_dense(At, T, D, bias, rank, method, exact):
     dW, db = _split(D, bias)
     realized = At @ D
     return CouplingSolution(realized=realized, rank=rank, method=method, exact=exact, dW=dW,
-                            db=db, finite=bool(torch.isfinite(D).all()))
+                            db=db, finite=bool(torch.isfinite(D).all()), bias=bias)
 
 
 def solve_svd(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
@@ -151,7 +153,7 @@ def solve_transpose(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
     if bias:
         realized = realized + db
     return CouplingSolution(realized=realized, rank=0, method="transpose", exact=False, dW=dW,
-                            db=db, finite=bool(torch.isfinite(dW).all()))
+                            db=db, finite=bool(torch.isfinite(dW).all()), bias=bias)
 
 
 def solve_tall(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
@@ -188,7 +190,7 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     realized = (K64 @ sol.Z).to(A.dtype)
     exact = rank == n and method != "damped"
     return CouplingSolution(realized=realized, rank=rank, method=route, exact=exact,
-                            Z=sol.Z.to(A.dtype), finite=status != NONFINITE)
+                            Z=sol.Z.to(A.dtype), finite=status != NONFINITE, bias=bias)
 
 
 def solve_coupling(A, T, bias: bool, cfg: SolverConfig,

@@ -1,0 +1,116 @@
+"""The pseudoinverse solvers agree with the SVD of A~ where their assumptions hold."""
+import pytest
+import torch
+
+from revgn.ops import gram_solve
+from revgn.ops.solve import FELL_BACK, SOLVED
+from revgn.solvers import SolverConfig, solve_coupling, with_ones
+from tests.helpers import rel_err
+
+
+def _dense_update(sol, A):
+    dW, db = sol.parameter_update(A, backend="reference")
+    return dW if db is None else torch.cat([dW, db[:, None]], dim=1)
+
+
+def _random_A(n, M, rank=None, dtype=torch.float64):
+    if rank is None:
+        return torch.randn(n, M, dtype=dtype)
+    return torch.randn(n, rank, dtype=dtype) @ torch.randn(rank, M, dtype=dtype)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "eigh", "qr", "rsvd"])
+@pytest.mark.parametrize("n,M,h,bias", [(5, 17, 3, True), (13, 40, 7, False), (33, 33, 4, True)])
+def test_full_rank_solvers_match_svd(solver, n, M, h, bias):
+    A, T = _random_A(n, M), torch.randn(n, h, dtype=torch.float64)
+    ref = solve_coupling(A, T, bias, SolverConfig("svd"))
+    sol = solve_coupling(A, T, bias, SolverConfig(solver, generator=torch.Generator().manual_seed(0)))
+    assert sol.exact and sol.rank == n
+    assert rel_err(_dense_update(sol, A), _dense_update(ref, A)) < 1e-9
+    assert rel_err(sol.realized, T) < 1e-9
+
+
+@pytest.mark.parametrize("solver", ["eigh", "qr", "svd", "cholesky"])
+def test_truncation_equals_svd_truncation(solver):
+    n, M, h = 12, 30, 5
+    # singular values spread over decades so that rtol=1e-2 cuts some of them
+    U, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(M + 1, n, dtype=torch.float64))
+    S = torch.logspace(0, -4, n, dtype=torch.float64)
+    At = U @ torch.diag(S) @ V.t()
+    A, T = At[:, :-1], torch.randn(n, h, dtype=torch.float64)
+    # A~ = [A, column]: solve with the last column as a generic column (bias=False on At)
+    rtol = 1e-2
+    expected = torch.linalg.pinv(At, rtol=rtol) @ T
+    sol = solve_coupling(At, T, False, SolverConfig(solver, rtol=rtol))
+    keep = int((S > rtol * S[0]).sum())
+    assert sol.rank == keep < n
+    assert not sol.exact
+    assert rel_err(_dense_update(sol, At).t(), expected) < 1e-8
+
+
+def test_cholesky_falls_back_to_pseudoinverse_on_rank_deficiency():
+    n, M, h = 20, 40, 3
+    A, T = _random_A(n, M, rank=6), torch.randn(n, h, dtype=torch.float64)
+    sol = solve_coupling(A, T, True, SolverConfig("cholesky"))
+    assert sol.method == "cholesky->eigh" and sol.rank == 7 and not sol.exact
+    expected = torch.linalg.pinv(with_ones(A, True)) @ T
+    assert rel_err(_dense_update(sol, A).t(), expected) < 1e-8
+
+
+def test_known_rank_skips_cholesky():
+    A, T = _random_A(10, 30, rank=4), torch.randn(10, 2, dtype=torch.float64)
+    sol = solve_coupling(A, T, True, SolverConfig("cholesky"), max_rank=5)
+    assert sol.method == "cholesky->eigh (rank known)" and sol.rank == 5
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_damped_equals_closed_form(relative):
+    n, M, h, lam = 9, 25, 4, 0.05
+    A, T = _random_A(n, M), torch.randn(n, h, dtype=torch.float64)
+    At = with_ones(A, True)
+    K = At @ At.t()
+    abs_lam = lam * torch.linalg.svdvals(At)[0] ** 2 if relative else lam
+    expected = At.t() @ torch.linalg.solve(K + abs_lam * torch.eye(n, dtype=K.dtype), T)
+    sol = solve_coupling(A, T, True, SolverConfig("damped", pinv_damping=lam,
+                                                  pinv_damping_relative=relative))
+    assert not sol.exact
+    assert rel_err(_dense_update(sol, A).t(), expected) < 1e-9
+
+
+def test_transpose_is_a_tilde_transpose_t():
+    A, T = _random_A(7, 11), torch.randn(7, 3, dtype=torch.float64)
+    sol = solve_coupling(A, T, True, SolverConfig("transpose"))
+    assert rel_err(_dense_update(sol, A).t(), with_ones(A, True).t() @ T) < 1e-14
+
+
+def test_tall_case_is_least_squares():
+    A, T = _random_A(30, 8), torch.randn(30, 3, dtype=torch.float64)
+    sol = solve_coupling(A, T, True, SolverConfig("cholesky"))
+    At = with_ones(A, True)
+    expected = torch.linalg.lstsq(At, T).solution
+    assert sol.method == "tall-eigh" and not sol.exact and sol.rank == 9
+    assert rel_err(_dense_update(sol, A).t(), expected) < 1e-8
+
+
+def test_rsvd_low_rank_equals_truncated_svd():
+    n, M = 15, 50
+    A, T = _random_A(n, M, rank=4), torch.randn(n, 2, dtype=torch.float64)
+    cfg = SolverConfig("rsvd", rsvd_rank=5, generator=torch.Generator().manual_seed(3))
+    sol = solve_coupling(A, T, True, cfg)
+    expected = torch.linalg.pinv(with_ones(A, True), rtol=1e-10) @ T
+    assert sol.rank == 5
+    assert rel_err(_dense_update(sol, A).t(), expected) < 1e-8
+
+
+def test_gram_solve_batched_status_per_system():
+    n = 6
+    good = torch.randn(n, n + 3, dtype=torch.float64)
+    bad = torch.randn(n, 2, dtype=torch.float64)
+    K = torch.stack([good @ good.t(), bad @ bad.t()])
+    R = torch.randn(2, n, 2, dtype=torch.float64)
+    sol = gram_solve(K, R, "cholesky", rtol=1e-7, backend="reference")
+    assert sol.status.tolist() == [SOLVED, FELL_BACK]
+    assert sol.rank.tolist() == [n, 2]
+    assert rel_err(sol.Z[0], torch.linalg.solve(K[0], R[0])) < 1e-10
+    assert rel_err(sol.Z[1], torch.linalg.pinv(K[1], rtol=1e-10, hermitian=True) @ R[1]) < 1e-8
