@@ -1,0 +1,5 @@
+import sys
+
+from revgn.cli import main
+
+sys.exit(main())
