@@ -22,6 +22,21 @@ class Activation:
     grad: Callable[[torch.Tensor], torch.Tensor]
     #: s(u C) is linear in u, so rank(A) <= h: used to predict rank deficiency.
     linear: bool = False
+    #: in-place variant (returns its argument), for large workspaces
+    inplace: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def mul_grad_(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``t *= s'(p)`` in place: the tangent through the activation."""
+        if self.name == "relu":
+            return t.mul_(p > 0)  # a byte mask instead of a float derivative
+        if self.name == "identity":
+            return t
+        return t.mul_(self.grad(p))
+
+    def fn_(self, p: torch.Tensor) -> torch.Tensor:
+        if self.inplace is not None:
+            return self.inplace(p)
+        return p.copy_(self.fn(p))
 
 
 def _relu_grad(p):
@@ -50,10 +65,12 @@ def _silu_grad(p):
 
 
 ACTIVATIONS = {
-    "identity": Activation("identity", lambda p: p, torch.ones_like, linear=True),
-    "relu": Activation("relu", F.relu, _relu_grad),
-    "leaky_relu": Activation("leaky_relu", lambda p: F.leaky_relu(p, LEAKY_RELU_SLOPE), _leaky_grad),
-    "tanh": Activation("tanh", torch.tanh, _tanh_grad),
+    "identity": Activation("identity", lambda p: p, torch.ones_like, linear=True,
+                           inplace=lambda p: p),
+    "relu": Activation("relu", F.relu, _relu_grad, inplace=torch.relu_),
+    "leaky_relu": Activation("leaky_relu", lambda p: F.leaky_relu(p, LEAKY_RELU_SLOPE),
+                             _leaky_grad, inplace=lambda p: F.leaky_relu_(p, LEAKY_RELU_SLOPE)),
+    "tanh": Activation("tanh", torch.tanh, _tanh_grad, inplace=torch.tanh_),
     "gelu": Activation("gelu", F.gelu, _gelu_grad),
     "silu": Activation("silu", F.silu, _silu_grad),
 }

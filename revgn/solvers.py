@@ -187,10 +187,11 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
-    realized = (K64 @ sol.Z).to(A.dtype)
+    Z = sol.Z.to(A.dtype)
+    realized = K @ Z  # in the working dtype: only the report and the cross-term read it
     exact = rank == n and method != "damped"
     return CouplingSolution(realized=realized, rank=rank, method=route, exact=exact,
-                            Z=sol.Z.to(A.dtype), finite=status != NONFINITE, bias=bias)
+                            Z=Z, finite=status != NONFINITE, bias=bias)
 
 
 def solve_coupling(A, T, bias: bool, cfg: SolverConfig,

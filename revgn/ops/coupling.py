@@ -25,10 +25,13 @@ def coupling_inverse_with_tangent_ref(u, du, y, dy, C, W, b, activation: str):
     act = get_activation(activation)
     n = u.shape[0]
     stacked = torch.cat([u, du], dim=0)
-    P = stacked @ C if C is not None else stacked
+    P = stacked @ C if C is not None else stacked  # (2n, M), a fresh buffer either way
     pre, dpre = P[:n], P[n:]
-    A = act.fn(pre)
-    out = torch.cat([A, act.grad(pre) * dpre], dim=0) @ W.t()
+    # Overwrite P with [A; S] in place: S = s'(P_top) * P_bottom first (it reads P_top), then
+    # A = s(P_top); the second product then needs no concatenation.
+    act.mul_grad_(pre, dpre)
+    A = act.fn_(pre)
+    out = P @ W.t()
     x = y - out[:n]
     if b is not None:
         x = x - b
