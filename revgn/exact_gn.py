@@ -10,6 +10,7 @@ import torch
 from revgn.backend import check_backend_name
 from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
 from revgn.model import RevMLP
+from revgn.ops import jt_product, jt_update_
 from revgn.solvers import SOLVERS, SolverConfig
 from revgn.sweep import TANGENT_MODES, CouplingReport, gn_sweep, relative_residual
 from revgn.validation import (check_choice, check_features, check_nonnegative, check_targets)
@@ -46,6 +47,17 @@ class GNStepResult:
             rows.append(f"  block {r.block} {r.coupling}: residual {r.residual:.2e}  rank "
                         f"{r.rank}/{r.rows}  {r.method}")
         return "\n".join(rows)
+
+
+@dataclass
+class CouplingUpdate:
+    """One coupling's update: ``dW = Z^T A, db = 1^T Z`` on the Gram route (``Z`` set), else the
+    explicit ``dW``, ``db``. ``u`` is the coupling's input, from which ``A`` can be rebuilt."""
+    coupling: torch.nn.Module
+    u: torch.Tensor
+    Z: torch.Tensor | None
+    dW: torch.Tensor | None
+    db: torch.Tensor | None
 
 
 class NonFiniteStepError(FloatingPointError):
@@ -139,29 +151,31 @@ class ExactGN(torch.optim.Optimizer):
         Returns ``(deltas, result)``: one tensor per parameter of ``model.parameters()``.
         """
         deltas = {id(p): torch.zeros_like(p) for p in self._params()}
-        result = self._run(x, y, lambda coupling, dW, db, A, Z: self._accumulate(
-            deltas, coupling, dW, db, A, Z), commit=False)
+        result = self._run(x, y, lambda update, A: self._accumulate(deltas, update, A),
+                           commit=False)
         return [deltas[id(p)] for p in self._params()], result
 
     @torch.no_grad()
     def step(self, x, y) -> GNStepResult:  # noqa: D401 - signature differs from Optimizer.step
-        """One GN step on the batch ``(x, y)``; returns a ``GNStepResult``."""
-        applied = []
+        """One GN step on the batch ``(x, y)``; returns a ``GNStepResult``.
 
-        def apply(coupling, dW, db, A, Z):
-            applied.append((coupling, dW, db, A, Z))
-            self._apply_update(coupling, dW, db, A, Z, sign=1.0)
+        Each block's update is applied as soon as it is solved (no stored directions, one block's
+        workspace alive at a time). Should a later block fail, the blocks already updated are
+        restored by subtracting their update again, rebuilding ``A`` from the coupling's input.
+        """
+        applied: list[CouplingUpdate] = []
+
+        def apply(update, A):
+            self._apply_update(update, A, sign=1.0)
+            applied.append(update)
 
         try:
             result = self._run(x, y, apply, commit=True)
         except NonFiniteStepError:
-            # Later blocks were already updated in place: undo them, last applied first.
-            for coupling, dW, db, A, Z in reversed(applied):
-                self._apply_update(coupling, dW, db, A, Z, sign=-1.0)
+            self._undo(applied)
             raise
         if not result.applied:
-            for coupling, dW, db, A, Z in reversed(applied):
-                self._apply_update(coupling, dW, db, A, Z, sign=-1.0)
+            self._undo(applied)
         return result
 
     def state_dict(self):
@@ -221,7 +235,8 @@ class ExactGN(torch.optim.Optimizer):
                     return self._nonfinite(result, f"block {block_step.index} produced a "
                                            "non-finite solution")
                 dW, db, Z = self._solution_update(sol, A)
-                consume(coupling, dW, db, A, Z)
+                u = block_step.X2 if coupling is block.F else block_step.Y1
+                consume(CouplingUpdate(coupling, u, Z, dW, db), A)
             X0 = (block_step.X1, block_step.X2)
             del block_step
         rebuilt = torch.cat(X0, dim=1)
@@ -250,45 +265,42 @@ class ExactGN(torch.optim.Optimizer):
         xi = torch.randn(D.shape, generator=self.generator, dtype=D.dtype).to(D.device)
         return D + self.noise * rms * xi
 
-    def _apply_update(self, coupling, dW, db, A, Z, sign: float):
-        """``theta <- (1 - lr wd) theta - scale D`` (``sign=-1`` undoes it)."""
+    def _apply_update(self, update: CouplingUpdate, A, sign: float):
+        """``theta <- (1 - lr wd) theta - scale D``; ``sign=-1`` undoes it."""
         group = self._group()
         decay = group["lr"] * group["weight_decay"]
         alpha = -sign * self._scale()
+        coupling = update.coupling
         params = [coupling.W] + ([coupling.b] if coupling.b is not None else [])
-        if sign < 0:
-            self._add_update(coupling, dW, db, A, Z, alpha)
-            if decay:
-                for p in params:
-                    p.div_(1 - decay)
-            return
-        if decay:
+        if decay and sign > 0:
             for p in params:
                 p.mul_(1 - decay)
-        self._add_update(coupling, dW, db, A, Z, alpha)
+        if update.Z is not None:
+            jt_update_(coupling.W, coupling.b, A, update.Z, alpha, backend=self.backend)
+        else:
+            coupling.W.add_(update.dW, alpha=alpha)
+            if coupling.b is not None:
+                coupling.b.add_(update.db, alpha=alpha)
+        if decay and sign < 0:
+            for p in params:
+                p.div_(1 - decay)
 
-    def _add_update(self, coupling, dW, db, A, Z, alpha):
-        if Z is not None:
-            from revgn.ops import jt_update_
-            jt_update_(coupling.W, coupling.b, A, Z, alpha, backend=self.backend)
-            return
-        coupling.W.add_(dW, alpha=alpha)
-        if coupling.b is not None:
-            coupling.b.add_(db, alpha=alpha)
+    def _undo(self, applied):
+        for update in reversed(applied):
+            A = update.coupling.activations(update.u) if update.Z is not None else None
+            self._apply_update(update, A, sign=-1.0)
 
-    def _accumulate(self, deltas, coupling, dW, db, A, Z):
-        if Z is not None:
-            dW, db = self._solution_update_from_Z(A, Z)
+    def _accumulate(self, deltas, update: CouplingUpdate, A):
+        dW, db = update.dW, update.db
+        if update.Z is not None:
+            dW, db = jt_product(A, update.Z, backend=self.backend)
         group = self._group()
         decay = group["lr"] * group["weight_decay"]
         scale = self._scale()
+        coupling = update.coupling
         deltas[id(coupling.W)] = -scale * dW - decay * coupling.W
         if coupling.b is not None:
             deltas[id(coupling.b)] = -scale * db - decay * coupling.b
-
-    def _solution_update_from_Z(self, A, Z):
-        from revgn.ops import jt_product
-        return jt_product(A, Z, backend=self.backend)
 
     def _nonfinite(self, result: GNStepResult, why: str) -> GNStepResult:
         if self.on_nonfinite == "raise":

@@ -49,6 +49,7 @@ class BlockStep:
     F: CouplingSolution
     G: CouplingSolution
     reports: tuple[CouplingReport, CouplingReport]
+    Y1: torch.Tensor  # G's input (F's input is X2)
     # the block's input stream and its tangent, carried to the block below
     X1: torch.Tensor
     X2: torch.Tensor
@@ -105,7 +106,7 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
         CouplingReport(index, "G", relative_residual(sol_G.realized, target_G), sol_G.rank, n,
                        sol_G.method, sol_G.exact),
     )
-    return BlockStep(index, A_F, A_G, sol_F, sol_G, reports, X1, X2, dX1, dX2)
+    return BlockStep(index, A_F, A_G, sol_F, sol_G, reports, Y1, X1, X2, dX1, dX2)
 
 
 def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,

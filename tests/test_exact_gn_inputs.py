@@ -141,3 +141,31 @@ def test_lr_scheduler_drives_the_step():
     opt.step(x, y)
     sched.step()
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_failure_late_in_the_sweep_restores_updated_blocks(monkeypatch, policy):
+    """Block 1 is updated in place before block 0 fails: the step restores block 1."""
+    import revgn.sweep as sweep
+    model = make_model(8, 3, 2, 16)
+    snap = _snapshot(model)
+    real = sweep.solve_coupling
+    calls = []
+
+    def failing_on_block_0(*args, **kwargs):
+        sol = real(*args, **kwargs)
+        calls.append(sol)
+        if len(calls) == 3:  # block 1 F, block 1 G, then block 0 F
+            sol.finite = False
+        return sol
+
+    monkeypatch.setattr(sweep, "solve_coupling", failing_on_block_0)
+    opt = revgn.ExactGN(model, lr=0.5, weight_decay=0.01, on_nonfinite=policy)
+    x, y = torch.randn(6, 8, dtype=torch.float64), labels(6, 3)
+    if policy == "raise":
+        with pytest.raises(revgn.NonFiniteStepError):
+            opt.step(x, y)
+    else:
+        assert not opt.step(x, y).applied
+    for p, q in zip(model.parameters(), snap):
+        assert torch.allclose(p, q, rtol=0, atol=1e-14)

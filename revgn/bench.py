@@ -1,0 +1,244 @@
+"""Side-by-side measurements of a GN step (``revgn bench`` and ``benchmarks/``).
+
+Every timing here is a median over repeated runs in one process, and every figure reported is a
+ratio of two such medians taken in the same run: absolute times on shared machines are noise.
+Peak memory is the rise of the process's peak during one step: on CUDA the allocator's peak, on
+CPU the kernel's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``), measured
+in a child process whose allocator maps every buffer of 64 KiB or more on its own
+(``MALLOC_MMAP_THRESHOLD_``), so freed buffers leave the resident set and the peak is exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import revgn
+
+
+@dataclass
+class Case:
+    n: int = 256
+    d: int = 784
+    M: int = 2048
+    L: int = 2
+    k: int = 10
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def label(self) -> str:
+        return f"n={self.n} d={self.d} M={self.M} L={self.L} {self.dtype}"
+
+
+def make_problem(case: Case, seed: int = 0):
+    torch.manual_seed(seed)
+    dtype = getattr(torch, case.dtype)
+    model = revgn.RevMLP(case.d, case.k, depth=case.L, bottleneck=case.M).to(case.device, dtype)
+    x = torch.randn(case.n, case.d, device=case.device, dtype=dtype)
+    y = torch.randint(0, case.k, (case.n,), device=case.device)
+    return model, x, y
+
+
+def gn_step(model, x, y, **options):
+    opt = revgn.ExactGN(model, lr=1e-3, **options)
+
+    def run():
+        opt.step(x, y)
+    return run
+
+
+def authors_step(model, x, y):
+    """The authors' algorithm: forward-mode AD through the inverse and an SVD of every ``A~``."""
+    return gn_step(model, x, y, solver="svd", tangent_mode="autodiff", step_scaling="per_block",
+                   backend="reference")
+
+
+def adam_step(model, x, y):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return run
+
+
+STEPS = {
+    "gn_auto": lambda m, x, y: gn_step(m, x, y, backend="auto"),
+    "gn_reference": lambda m, x, y: gn_step(m, x, y, backend="reference"),
+    "authors": authors_step,
+    "adam": adam_step,
+}
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device="cpu", repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in seconds, device synchronized around each run."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def peak_memory_rise(fn, device="cpu") -> int:
+    """Bytes by which one call of ``fn`` raises the peak above what was in use before it."""
+    fn()  # warm-up: lazily created state (optimizer moments, caches) is not a rise per step
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set to the current one
+    base = _rss_bytes()
+    fn()
+    return _peak_rss_bytes() - base
+
+
+def time_case(case: Case, names=tuple(STEPS), repeats: int = 5) -> dict:
+    """Median seconds per step for each implementation, on the same model and batch."""
+    out = {}
+    for name in names:
+        model, x, y = make_problem(case)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[name] = median_time(STEPS[name](model, x, y), case.device, repeats)
+    return out
+
+
+def _memory_in_this_process(case: Case, name: str) -> int:
+    model, x, y = make_problem(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return peak_memory_rise(STEPS[name](model, x, y), case.device)
+
+
+def memory_case(case: Case, names=("gn_auto", "adam")) -> dict:
+    """Peak rise per step for each implementation (CPU: one child process each)."""
+    if torch.device(case.device).type == "cuda":
+        return {name: _memory_in_this_process(case, name) for name in names}
+    import subprocess
+    import sys
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = {}
+    for name in names:
+        code = ("import json, sys; from revgn.bench import Case, _memory_in_this_process; "
+                "print(json.dumps(_memory_in_this_process(Case(**json.loads(sys.argv[1])), "
+                "sys.argv[2])))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case)), name],
+                              env=env, capture_output=True, text=True, check=True)
+        out[name] = int(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_suite(device="cpu", repeats=5, quick=False) -> dict:
+    step = Case(device=device) if device == "cpu" else Case(n=1024, d=3072, M=8000, L=6,
+                                                             device=device)
+    if quick:
+        step = Case(n=64, d=128, M=256, L=2, device=device)
+    names = ("gn_auto", "gn_reference", "authors", "adam")
+    times = time_case(step, names, repeats)
+    mem_cases = [Case(n=1024, d=64, M=4096, L=L, device=device) for L in (2, 4, 8)]
+    if quick:
+        mem_cases = [Case(n=128, d=32, M=512, L=L, device=device) for L in (2, 8)]
+    memory = [{"L": c.L, **memory_case(c)} for c in mem_cases]
+    ratios = {
+        "gn_auto / adam": times["gn_auto"] / times["adam"],
+        "authors / gn_auto": times["authors"] / times["gn_auto"],
+        "gn_auto / gn_reference": times["gn_auto"] / times["gn_reference"],
+    }
+    first, last = memory[0], memory[-1]
+    ratios[f"gn peak rise L={last['L']} / L={first['L']}"] = last["gn_auto"] / first["gn_auto"]
+    ratios[f"adam peak rise L={last['L']} / L={first['L']}"] = last["adam"] / first["adam"]
+    return {
+        "step_case": asdict(step),
+        "seconds": times,
+        "ratios": ratios,
+        "memory_bytes": memory,
+        "backend_auto": revgn.backend.resolve("auto", torch.device(device)),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device_name": (torch.cuda.get_device_name() if device == "cuda" else "cpu"),
+    }
+
+
+def format_report(report: dict) -> str:
+    case = Case(**report["step_case"])
+    lines = [f"GN step, {case.label()}, {report['device_name']}, {report['threads']} threads, "
+             f"auto -> {report['backend_auto']}"]
+    for name, sec in report["seconds"].items():
+        lines.append(f"  {name:<14}{sec * 1e3:10.2f} ms")
+    lines.append("ratios (same run):")
+    for name, value in report["ratios"].items():
+        lines.append(f"  {name:<32}{value:8.2f}")
+    lines.append("peak memory rise during one step (MiB):")
+    for row in report["memory_bytes"]:
+        lines.append(f"  L={row['L']:<3} gn {row['gn_auto'] / 2**20:9.1f}   "
+                     f"adam {row['adam'] / 2**20:9.1f}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = list(report["seconds"])
+    adam = report["seconds"]["adam"]
+    ax1.bar(names, [report["seconds"][k] / adam for k in names], color="#4a7ab5")
+    ax1.axhline(1.0, color="k", lw=0.8)
+    ax1.set_ylabel("time / Adam step")
+    ax1.set_yscale("log")
+    ax1.set_title(Case(**report["step_case"]).label(), fontsize=9)
+    Ls = [r["L"] for r in report["memory_bytes"]]
+    for key, color in (("gn_auto", "#4a7ab5"), ("adam", "#d9822b")):
+        ax2.plot(Ls, [r[key] / 2**20 for r in report["memory_bytes"]], "o-", color=color,
+                 label=key)
+    ax2.set_xlabel("depth L")
+    ax2.set_ylabel("peak rise per step (MiB)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    report = run_suite(device=args.device, repeats=args.repeats, quick=args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    plot_report(report, os.path.join(args.out, "bench.png"))
+    print(format_report(report))
+    print(f"wrote {args.out}/bench.json and {args.out}/bench.png")
+    return 0
