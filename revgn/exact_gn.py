@@ -25,13 +25,17 @@ class GNStepResult:
 
     ``loss`` is the batch loss before the step; ``blocks`` holds one exactness report per
     coupling (last block first); ``exact`` is true when every coupling realized its target
-    exactly; ``inversion_error`` is ``||X_0(rebuilt) - X_0|| / ||X_0||`` at the end of the sweep.
+    exactly; ``inversion_error`` is the largest ``||X(rebuilt) - X|| / ||X||`` of the sweep, at its
+    end (the input) and at every anchor.
     """
     loss: float
     blocks: list[CouplingReport] = field(default_factory=list)
     inversion_error: float = 0.0
     applied: bool = True
     skipped_reason: str | None = None
+    #: block spacing of the stream anchors the sweep snapped to (None: none were used)
+    anchor_every: int | None = None
+    reanchored: bool = False
 
     @property
     def exact(self) -> bool:
@@ -90,6 +94,11 @@ class ExactGN(torch.optim.Optimizer):
         on_nonfinite: ``"raise"`` (``NonFiniteStepError``) or ``"skip"`` (report and leave the
             parameters unchanged) when a step's update is not finite.
         seed: seed of the generator used by ``noise`` and ``rsvd``.
+        anchor_every: keep the forward stream at every ``anchor_every``-th block and snap the
+            sweep's rebuilt stream to it (bounds inversion drift in deep float32 networks).
+        drift_tol: when the rebuilt input of a step differs from the true one by more than this
+            (relative), the step is undone and redone with anchors (warned once); later steps
+            keep them.
     """
 
     def __init__(self, model, lr: float = 1.0, loss: str = "cross_entropy",
@@ -98,7 +107,8 @@ class ExactGN(torch.optim.Optimizer):
                  step_scaling: str = "function", weight_decay: float = 0.0,
                  tangent_mode: str = "analytic", backend: str = "auto",
                  pinv_damping: float = 0.0, pinv_damping_relative: bool = True,
-                 rsvd_rank: int | None = None, on_nonfinite: str = "raise", seed: int = 0):
+                 rsvd_rank: int | None = None, on_nonfinite: str = "raise", seed: int = 0,
+                 anchor_every: int | None = None, drift_tol: float = 1e-3):
         if not isinstance(model, RevMLP):
             raise TypeError(
                 f"ExactGN needs a revgn.RevMLP (its exact step inverts reversible couplings); got "
@@ -121,6 +131,9 @@ class ExactGN(torch.optim.Optimizer):
             raise ValueError(f"curvature={curvature!r} applies to loss='cross_entropy' only")
         if solver == "damped" and pinv_damping <= 0:
             raise ValueError("solver='damped' needs pinv_damping > 0")
+        if anchor_every is not None and (not isinstance(anchor_every, int) or anchor_every < 1):
+            raise ValueError(f"anchor_every must be a positive int or None; got {anchor_every!r}")
+        check_nonnegative(drift_tol, "drift_tol")
         if rsvd_rank is not None and rsvd_rank < 1:
             raise ValueError(f"rsvd_rank must be >= 1; got {rsvd_rank}")
         defaults = dict(lr=lr, weight_decay=weight_decay)
@@ -134,6 +147,8 @@ class ExactGN(torch.optim.Optimizer):
         self.tangent_mode = tangent_mode
         self.backend = backend
         self.on_nonfinite = on_nonfinite
+        self.anchor_every = anchor_every
+        self.drift_tol = drift_tol
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.solver_config = SolverConfig(
@@ -176,18 +191,39 @@ class ExactGN(torch.optim.Optimizer):
             raise
         if not result.applied:
             self._undo(applied)
+        elif result.inversion_error > self.drift_tol and self._tighten_anchors(result):
+            self._undo(applied)
+            self.state[self._params()[0]]["step"] -= 1
+            applied.clear()
+            result = self._run(x, y, apply, commit=True)
+            result.reanchored = True
         return result
+
+    def _tighten_anchors(self, result) -> bool:
+        """Choose a tighter anchor spacing after too much drift; False if none is tighter."""
+        current = self.anchor_every or self.model.depth
+        if current <= 1:
+            return False
+        # drift grows with the number of blocks inverted in a row: aim each stretch at the tolerance
+        every = max(1, min(current - 1, int(current * self.drift_tol / result.inversion_error)))
+        self._warn_once("drift", f"inversion drift {result.inversion_error:.2e} exceeds drift_tol="
+                        f"{self.drift_tol:g}; the step was redone with the stream anchored every "
+                        f"{every} blocks (anchor_every={every} from now on)")
+        self.anchor_every = every
+        return True
 
     def state_dict(self):
         """The optimizer state plus the generator behind ``noise`` and ``rsvd``, so that a
         loaded optimizer continues exactly like an uninterrupted one."""
         state = super().state_dict()
         state["generator"] = self.generator.get_state()
+        state["anchor_every"] = self.anchor_every
         return state
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         generator = state_dict.pop("generator", None)
+        self.anchor_every = state_dict.pop("anchor_every", self.anchor_every)
         super().load_state_dict(state_dict)
         if generator is not None:
             self.generator.set_state(generator)
@@ -214,7 +250,7 @@ class ExactGN(torch.optim.Optimizer):
     def _run(self, x, y, consume, commit: bool) -> GNStepResult:
         model = self.model
         x, y = self._prepare(x, y)
-        X_L = model.stream(x)
+        X_L, anchors = model.stream_with_anchors(x, self.anchor_every)
         logits = model.readout(X_L)
         if not bool(torch.isfinite(logits).all()):
             return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
@@ -222,12 +258,16 @@ class ExactGN(torch.optim.Optimizer):
         loss = float(batch_loss(logits, y, self.loss))
         e = output_step(logits, y, self.loss, self.curvature, self.damping, self.backend)
         E = e @ model.U.t()  # the lift: U^T U = I, so E U = e
-        result = GNStepResult(loss=loss)
+        result = GNStepResult(loss=loss, anchor_every=self.anchor_every)
         n = x.shape[0]
         self._warn_shape(n)
         X0 = None
-        for block_step in gn_sweep(model, X_L, E, self.solver_config, self.tangent_mode):
+        drifts = []
+        for block_step in gn_sweep(model, X_L, E, self.solver_config, self.tangent_mode,
+                                   anchors):
             result.blocks.extend(block_step.reports)
+            if block_step.drift is not None:
+                drifts.append(block_step.drift)
             block = model.blocks[block_step.index]
             for coupling, sol, A in ((block.F, block_step.F, block_step.A_F),
                                      (block.G, block_step.G, block_step.A_G)):
@@ -240,7 +280,7 @@ class ExactGN(torch.optim.Optimizer):
             X0 = (block_step.X1, block_step.X2)
             del block_step
         rebuilt = torch.cat(X0, dim=1)
-        result.inversion_error = relative_residual(rebuilt, x)
+        result.inversion_error = max([relative_residual(rebuilt, x)] + drifts)
         self._warn_inexact(result)
         if commit:
             state = self.state[self._params()[0]]

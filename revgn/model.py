@@ -145,10 +145,19 @@ class RevMLP(nn.Module):
 
     def stream(self, x: torch.Tensor) -> torch.Tensor:
         """The output stream ``X_L`` (n x d) before the readout."""
+        return self.stream_with_anchors(x)[0]
+
+    def stream_with_anchors(self, x: torch.Tensor, every: int | None = None):
+        """``(X_L, anchors)``: ``anchors[l]`` is the input ``(X1, X2)`` of block ``l`` for every
+        ``l`` that is a positive multiple of ``every`` (none when ``every`` is None). The GN sweep
+        snaps its rebuilt stream to these to stop inversion drift accumulating."""
         x1, x2 = self.split(self.flatten(x))
-        for block in self.blocks:
+        anchors = {}
+        for l, block in enumerate(self.blocks):
+            if every and l and l % every == 0:
+                anchors[l] = (x1, x2)
             x1, x2 = block(x1, x2)
-        return torch.cat([x1, x2], dim=1)
+        return torch.cat([x1, x2], dim=1), anchors
 
     def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stream after every block, ``[X_1, ..., X_L]``, each (n x d)."""

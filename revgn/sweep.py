@@ -55,6 +55,8 @@ class BlockStep:
     X2: torch.Tensor
     dX1: torch.Tensor
     dX2: torch.Tensor
+    #: relative error of the rebuilt input against an anchor, when the block has one
+    drift: float | None = None
 
 
 def relative_residual(realized: torch.Tensor, target: torch.Tensor) -> float:
@@ -110,13 +112,22 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
 
 
 def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
-             tangent_mode: str = "analytic"):
+             tangent_mode: str = "analytic", anchors: dict | None = None):
     """Yield a ``BlockStep`` per block, last block first. Drop each one before asking for the
-    next to keep one block's workspace alive."""
+    next to keep one block's workspace alive.
+
+    ``anchors`` (from ``RevMLP.stream_with_anchors``) maps a block index to its true input: the
+    rebuilt input is compared with it (``BlockStep.drift``) and replaced by it.
+    """
     Y1, Y2 = model.split(X_L)
     T1, T2 = model.split(E)
+    anchors = anchors or {}
     for index in reversed(range(model.depth)):
         step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode)
+        if index in anchors:
+            A1, A2 = anchors[index]
+            step.drift = relative_residual(torch.cat([step.X1, step.X2], 1), torch.cat([A1, A2], 1))
+            step.X1, step.X2 = A1, A2
         Y1, Y2, T1, T2 = step.X1, step.X2, step.dX1, step.dX2
         yield step
         del step
