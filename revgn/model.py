@@ -147,13 +147,15 @@ class RevMLP(nn.Module):
         """The output stream ``X_L`` (n x d) before the readout."""
         return self.stream_with_anchors(x)[0]
 
-    def stream_with_anchors(self, x: torch.Tensor, every: int | None = None):
-        """``(X_L, anchors)``: ``anchors[l]`` is the input ``(X1, X2)`` of block ``l`` for every
-        ``l`` that is a positive multiple of ``every`` (none when ``every`` is None). The GN sweep
-        snaps its rebuilt stream to these to stop inversion drift accumulating."""
+    def stream_with_anchors(self, x: torch.Tensor, every: int | None = None,
+                            blocks: int | None = None):
+        """``(X, anchors)``: the stream after the first ``blocks`` blocks (all by default), and
+        ``anchors[l]``, the input ``(X1, X2)`` of block ``l`` for every ``l`` that is a positive
+        multiple of ``every`` (none when ``every`` is None). The GN sweep snaps its rebuilt stream
+        to these to stop inversion drift accumulating."""
         x1, x2 = self.split(self.flatten(x))
         anchors = {}
-        for l, block in enumerate(self.blocks):
+        for l, block in enumerate(self.blocks[:blocks]):
             if every and l and l % every == 0:
                 anchors[l] = (x1, x2)
             x1, x2 = block(x1, x2)

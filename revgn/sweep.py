@@ -12,6 +12,11 @@ its output:
 
 The sweep is a generator: a consumer may apply a block's update before the next block is
 inverted (no later block reads it), so only one block's workspace is alive at a time.
+
+Two ends of the sweep need less than a full inversion. The top block's inputs and
+pre-activations are what the forward pass just computed (``forward_for_sweep`` keeps that one
+block's workspace), so only its tangents are pushed. The bottom block's input tangent is never
+used, so its F coupling needs only ``A_F``.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from revgn.ops import coupling_inverse_with_tangent, coupling_tangent_ref
+from revgn.ops import coupling_inverse_with_tangent, coupling_tangent
 from revgn.solvers import CouplingSolution, SolverConfig, solve_coupling
 
 TANGENT_MODES = ("analytic", "autodiff")
@@ -50,10 +55,11 @@ class BlockStep:
     G: CouplingSolution
     reports: tuple[CouplingReport, CouplingReport]
     Y1: torch.Tensor  # G's input (F's input is X2)
-    # the block's input stream and its tangent, carried to the block below
-    X1: torch.Tensor
+    # the block's input stream and its tangent, carried to the block below (the bottom block
+    # leaves X1 and dX1 unset: nothing reads them)
+    X1: torch.Tensor | None
     X2: torch.Tensor
-    dX1: torch.Tensor
+    dX1: torch.Tensor | None
     dX2: torch.Tensor
     #: relative error of the rebuilt input against an anchor, when the block has one
     drift: float | None = None
@@ -65,10 +71,51 @@ def relative_residual(realized: torch.Tensor, target: torch.Tensor) -> float:
     return diff / denom if denom > 0 else diff
 
 
-def _pull_back_analytic(block, Y1, Y2, T1, T2, backend):
+@dataclass
+class TopBlock:
+    """The last block's workspace from the forward pass: its inputs and pre-activations."""
+    X1: torch.Tensor
+    X2: torch.Tensor
+    Y1: torch.Tensor
+    P_F: torch.Tensor
+    A_F: torch.Tensor
+    P_G: torch.Tensor
+    A_G: torch.Tensor
+
+
+def forward_for_sweep(model, x, anchor_every: int | None = None):
+    """``(X_L, anchors, top)``: the forward pass, keeping the stream at the anchors
+    (``RevMLP.stream_with_anchors``) and the last block's workspace (``TopBlock``)."""
+    X, anchors = model.stream_with_anchors(x, anchor_every, blocks=model.depth - 1)
+    x1, x2 = model.split(X)
+    block = model.blocks[-1]
+    F, G = block.F, block.G
+    P_F = F.preactivation(x2)
+    A_F = F._act.fn(P_F)
+    y1 = x1 + (torch.addmm(F.b, A_F, F.W.t()) if F.b is not None else A_F @ F.W.t())
+    P_G = G.preactivation(y1)
+    A_G = G._act.fn(P_G)
+    y2 = x2 + (torch.addmm(G.b, A_G, G.W.t()) if G.b is not None else A_G @ G.W.t())
+    return torch.cat([y1, y2], dim=1), anchors, TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G)
+
+
+def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, backend):
+    """Tangents only: the primal inputs and activations come from the forward pass."""
+    G, F = block.G, block.F
+    K = coupling_tangent(top.P_G, T1, G.C, G.W, G.activation, backend=backend)
+    dX2 = T2 - K
+    dX1 = None
+    if not bottom:
+        dX1 = T1 - coupling_tangent(top.P_F, dX2, F.C, F.W, F.activation, backend=backend)
+    return top.X1, top.X2, dX1, dX2, top.A_F, top.A_G, K
+
+
+def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, backend):
     G, F = block.G, block.F
     X2, dX2, A_G, K = coupling_inverse_with_tangent(Y1, T1, Y2, T2, G.C, G.W, G.b, G.activation,
                                                     backend=backend)
+    if bottom:
+        return None, X2, None, dX2, F.activations(X2), A_G, K
     X1, dX1, A_F, _ = coupling_inverse_with_tangent(X2, dX2, Y1, T1, F.C, F.W, F.b, F.activation,
                                                     backend=backend)
     return X1, X2, dX1, dX2, A_F, A_G, K
@@ -87,15 +134,24 @@ def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str):
     if exact_F:
         return K
     G = block.G
-    return coupling_tangent_ref(Y1, realized_F, G.C, G.W, G.activation)
+    return coupling_tangent(G.preactivation(Y1), realized_F, G.C, G.W, G.activation)
 
 
-def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode="analytic"):
-    """Invert one block with its tangent and solve both couplings (steps 1-4 above)."""
-    if tangent_mode == "analytic":
-        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_analytic(block, Y1, Y2, T1, T2, cfg.backend)
-    else:
+def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode="analytic",
+                  top: TopBlock | None = None):
+    """Invert one block with its tangent and solve both couplings (steps 1-4 above).
+
+    ``top`` is the forward's workspace when this is the last block; block 0 skips what only
+    the block below would read.
+    """
+    bottom = index == 0
+    if tangent_mode == "autodiff":
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_autodiff(block, Y1, Y2, T1, T2)
+    elif top is not None:
+        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(block, top, T1, T2, bottom, cfg.backend)
+    else:
+        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_analytic(block, Y1, Y2, T1, T2, bottom,
+                                                            cfg.backend)
     F, G = block.F, block.G
     sol_F = solve_coupling(A_F, T1, F.b is not None, cfg, F.max_rank())
     K_cross = _cross_term(block, Y1, sol_F.realized, K, sol_F.exact, tangent_mode)
@@ -112,21 +168,26 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
 
 
 def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
-             tangent_mode: str = "analytic", anchors: dict | None = None):
+             tangent_mode: str = "analytic", anchors: dict | None = None,
+             top: TopBlock | None = None):
     """Yield a ``BlockStep`` per block, last block first. Drop each one before asking for the
     next to keep one block's workspace alive.
 
     ``anchors`` (from ``RevMLP.stream_with_anchors``) maps a block index to its true input: the
-    rebuilt input is compared with it (``BlockStep.drift``) and replaced by it.
+    rebuilt input is compared with it (``BlockStep.drift``) and replaced by it. ``top`` (from
+    ``forward_for_sweep``) spares the last block's inversion.
     """
     Y1, Y2 = model.split(X_L)
     T1, T2 = model.split(E)
     anchors = anchors or {}
     for index in reversed(range(model.depth)):
-        step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode)
+        if top is not None:
+            Y1 = top.Y1
+        step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode, top)
+        top = None
         if index in anchors:
             A1, A2 = anchors[index]
-            step.drift = relative_residual(torch.cat([step.X1, step.X2], 1), torch.cat([A1, A2], 1))
+            step.drift = relative_residual(step.X2, A2)
             step.X1, step.X2 = A1, A2
         Y1, Y2, T1, T2 = step.X1, step.X2, step.dX1, step.dX2
         yield step

@@ -42,7 +42,10 @@ def test_exact_step_realizes_the_output_step(params):
     target = -0.3 * (depth if scaling == "per_block" else 1) * output_step(model(x), y, loss)
     if float(target.norm()) < 1e-12:
         return
-    assert rel_err(output_jvp(model, x, deltas), target) < 1e-7
+    # an ill-conditioned A~ gives a huge (still exact) update whose jvp loses digits to
+    # cancellation: scale the tolerance with the update's size
+    size = max(float(d.abs().max()) for d in deltas)
+    assert rel_err(output_jvp(model, x, deltas), target) < 1e-9 * (10 + size)
 
 
 @SETTINGS

@@ -46,9 +46,14 @@ def coupling_inverse_with_tangent(u, du, y, dy, C, W, b, activation: str, backen
     return fn(u, du, y, dy, C, W, b, activation)
 
 
-def coupling_tangent_ref(u, du, C, W, activation: str):
-    """The push of ``du`` alone: ``(s'(u C) * (du C)) W^T`` (the F-to-G cross-term K')."""
+def coupling_tangent_ref(pre, du, C, W, activation: str):
+    """The push of ``du`` alone, given the pre-activation ``P = u C``:
+    ``k = (s'(P) * (du C)) W^T``."""
     act = get_activation(activation)
-    pre = u @ C if C is not None else u
-    dpre = du @ C if C is not None else du
-    return (act.grad(pre) * dpre) @ W.t()
+    dpre = du @ C if C is not None else du.clone()
+    return act.mul_grad_(pre, dpre) @ W.t()
+
+
+def coupling_tangent(pre, du, C, W, activation: str, backend: str = "auto"):
+    fn = implementation("coupling_tangent", coupling_tangent_ref, backend, pre.device)
+    return fn(pre, du, C, W, activation)
