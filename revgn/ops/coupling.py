@@ -9,7 +9,8 @@ it is inverted exactly, and a tangent ``(du, dy)`` of the output is pulled back 
     k  = (s'(P) * (du C)) W^T                            (the push of du through the coupling)
     dx = dy - k
 
-Primal and tangent share one pass over ``C`` by stacking ``[u; du]``. Without an inverted
+The fast kernels share one pass over ``C`` between primal and tangent (stacked operands); the
+reference keeps the two products apart so that ``A`` owns its memory. Without an inverted
 bottleneck ``C`` is None and ``P = u``.
 """
 from __future__ import annotations
@@ -23,19 +24,14 @@ from revgn.ops._dispatch import implementation
 def coupling_inverse_with_tangent_ref(u, du, y, dy, C, W, b, activation: str):
     """Reference: returns ``(x, dx, A, k)``; shapes (n,h), (n,h), (n,M), (n,h)."""
     act = get_activation(activation)
-    n = u.shape[0]
-    stacked = torch.cat([u, du], dim=0)
-    P = stacked @ C if C is not None else stacked  # (2n, M), a fresh buffer either way
-    pre, dpre = P[:n], P[n:]
-    # Overwrite P with [A; S] in place: S = s'(P_top) * P_bottom first (it reads P_top), then
-    # A = s(P_top); the second product then needs no concatenation.
-    act.mul_grad_(pre, dpre)
-    A = act.fn_(pre)
-    out = P @ W.t()
-    x = y - out[:n]
-    if b is not None:
-        x = x - b
-    k = out[n:]
+    # Two products rather than one on the stacked [u; du]: A then owns its buffer, and the
+    # tangent's (n, M) workspace is freed on return instead of living as long as A.
+    pre = u @ C if C is not None else u.clone()
+    dpre = du @ C if C is not None else du.clone()
+    S = act.mul_grad_(pre, dpre)  # S = s'(P) * (du C), in place (it reads P before A does)
+    A = act.fn_(pre)              # A = s(P), in place
+    x = torch.addmm(b, A, W.t(), beta=-1, alpha=-1).add_(y) if b is not None else y - A @ W.t()
+    k = S @ W.t()
     return x, dy - k, A, k
 
 
