@@ -28,6 +28,8 @@ def _load_build_config():
 def _extensions():
     if os.environ.get("REVGN_SKIP_EXT") == "1":
         return [], {}
+    config = _load_build_config()
+    config.prefer_cuda_home()
     try:
         import torch  # noqa: F401
         from torch.utils import cpp_extension
@@ -36,7 +38,6 @@ def _extensions():
             sys.exit("REVGN_FORCE_CUDA=1 but torch is not importable at build time; "
                      "install torch first and use `pip install --no-build-isolation`.")
         return [], {}
-    config = _load_build_config()
     ext = config.make_extension(cpp_extension, HERE)
     if ext is None:
         return [], {}

@@ -1,0 +1,186 @@
+// CPU implementations: the GEMMs go to ATen (MKL / oneDNN); everything between them is one
+// parallel pass over memory instead of the several a chain of tensor ops would make.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../ops_common.h"
+
+namespace revgn {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;
+
+// In place: S = s'(P) * dP (into dP) and A = s(P) (into P), one pass.
+template <typename T>
+void activation_with_tangent_(T* pre, T* dpre, int64_t numel, Activation act) {
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T value, slope;
+      activation_and_slope(act, pre[i], value, slope);
+      pre[i] = value;
+      dpre[i] *= slope;
+    }
+  });
+}
+
+// In place: dP *= s'(P).
+template <typename T>
+void scale_by_slope_(const T* pre, T* dpre, int64_t numel, Activation act) {
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T value, slope;
+      activation_and_slope(act, pre[i], value, slope);
+      dpre[i] *= slope;
+    }
+  });
+}
+
+// x = y - out - b (out overwritten by x), dx = dy - k; rows of width h.
+template <typename T>
+void inverse_epilogue_(T* out, const T* y, const T* b, const T* k, const T* dy, T* dx, int64_t n,
+                       int64_t h) {
+  at::parallel_for(0, n, std::max<int64_t>(1, kGrain / std::max<int64_t>(h, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t j = 0; j < h; ++j) {
+        const int64_t i = r * h + j;
+        out[i] = y[i] - out[i] - (b ? b[j] : T(0));
+        dx[i] = dy[i] - k[i];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_inverse_with_tangent_cpu(
+    const at::Tensor& u, const at::Tensor& du, const at::Tensor& y, const at::Tensor& dy,
+    const std::optional<at::Tensor>& C, const at::Tensor& W, const std::optional<at::Tensor>& b,
+    c10::string_view activation) {
+  check_coupling_args(u, du, C, W, b);
+  const Activation act = parse_activation(std::string(activation));
+  // Separate products for primal and tangent: A keeps its own buffer and the tangent's
+  // workspace dies with this call.
+  at::Tensor A = preactivation(u.contiguous(), C);
+  at::Tensor S = preactivation(du.contiguous(), C);
+  at::Tensor Wt = W.t();
+  at::Tensor x, k, dx;
+  const at::Tensor yc = y.contiguous(), dyc = dy.contiguous();
+  at::Tensor bc = b.has_value() ? b->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "coupling_inverse_with_tangent_cpu", [&] {
+    activation_with_tangent_<scalar_t>(A.data_ptr<scalar_t>(), S.data_ptr<scalar_t>(), A.numel(),
+                                       act);
+    x = at::mm(A, Wt);
+    k = at::mm(S, Wt);
+    dx = at::empty_like(k);
+    inverse_epilogue_<scalar_t>(x.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(),
+                                bc.defined() ? bc.data_ptr<scalar_t>() : nullptr,
+                                k.data_ptr<scalar_t>(), dyc.data_ptr<scalar_t>(),
+                                dx.data_ptr<scalar_t>(), x.size(0), x.size(1));
+  });
+  return {x, dx, A, k};
+}
+
+at::Tensor coupling_tangent_cpu(const at::Tensor& pre, const at::Tensor& du,
+                                const std::optional<at::Tensor>& C, const at::Tensor& W,
+                                c10::string_view activation) {
+  check_coupling_args(du, du, C, W, std::nullopt);
+  const Activation act = parse_activation(std::string(activation));
+  at::Tensor S = preactivation(du.contiguous(), C);
+  const at::Tensor P = pre.contiguous();
+  TORCH_CHECK(P.sizes() == S.sizes(), "revgn: pre must be (n, M)");
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "coupling_tangent_cpu", [&] {
+    scale_by_slope_<scalar_t>(P.data_ptr<scalar_t>(), S.data_ptr<scalar_t>(), S.numel(), act);
+  });
+  return at::mm(S, W.t());
+}
+
+at::Tensor gram_cpu(const at::Tensor& A, bool bias) {
+  TORCH_CHECK(A.dim() == 2, "revgn: A must be (n, M)");
+  at::Tensor K = at::mm(A, A.t());
+  if (bias) K.add_(1);
+  return K;
+}
+
+void jt_update_cpu(at::Tensor W, const std::optional<at::Tensor>& b, const at::Tensor& A,
+                   const at::Tensor& Z, double alpha) {
+  TORCH_CHECK(A.dim() == 2 && Z.dim() == 2 && A.size(0) == Z.size(0),
+              "revgn: A (n, M) and Z (n, h) must share n");
+  TORCH_CHECK(W.size(0) == Z.size(1) && W.size(1) == A.size(1), "revgn: W must be (h, M)");
+  W.addmm_(Z.t(), A, /*beta=*/1, /*alpha=*/alpha);
+  if (b.has_value()) b->add_(Z.sum(0), alpha);
+}
+
+// Small systems: one Cholesky + two triangular solves per system, systems in parallel.
+// Larger ones go to LAPACK through ATen.
+constexpr int64_t kSmallCholesky = 64;
+
+template <typename T>
+int32_t cholesky_solve_one(T* L, T* Z, int64_t n, int64_t k) {
+  for (int64_t j = 0; j < n; ++j) {
+    T d = L[j * n + j];
+    for (int64_t p = 0; p < j; ++p) d -= L[j * n + p] * L[j * n + p];
+    if (!(d > T(0))) return static_cast<int32_t>(j + 1);
+    d = std::sqrt(d);
+    L[j * n + j] = d;
+    for (int64_t i = j + 1; i < n; ++i) {
+      T s = L[i * n + j];
+      for (int64_t p = 0; p < j; ++p) s -= L[i * n + p] * L[j * n + p];
+      L[i * n + j] = s / d;
+    }
+    for (int64_t c = j + 1; c < n; ++c) L[j * n + c] = T(0);
+  }
+  for (int64_t c = 0; c < k; ++c) {
+    for (int64_t i = 0; i < n; ++i) {  // L w = r
+      T s = Z[i * k + c];
+      for (int64_t p = 0; p < i; ++p) s -= L[i * n + p] * Z[p * k + c];
+      Z[i * k + c] = s / L[i * n + i];
+    }
+    for (int64_t i = n - 1; i >= 0; --i) {  // L^T z = w
+      T s = Z[i * k + c];
+      for (int64_t p = i + 1; p < n; ++p) s -= L[p * n + i] * Z[p * k + c];
+      Z[i * k + c] = s / L[i * n + i];
+    }
+  }
+  return 0;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cholesky_factor_solve_cpu(const at::Tensor& K,
+                                                                         const at::Tensor& R,
+                                                                         double damping) {
+  check_square_batch(K, R);
+  const int64_t B = K.size(0), n = K.size(1), k = R.size(2);
+  at::Tensor Kd = damping != 0.0 ? K + damping * at::eye(n, K.options()) : K;
+  if (n > kSmallCholesky) {
+    auto [L, info] = at::linalg_cholesky_ex(Kd);
+    return {L, at::cholesky_solve(R, L), info.to(at::kInt)};
+  }
+  at::Tensor L = Kd.contiguous().clone();
+  at::Tensor Z = R.contiguous().clone();
+  at::Tensor info = at::zeros({B}, K.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(K.scalar_type(), "cholesky_factor_solve_cpu", [&] {
+    scalar_t* Lp = L.data_ptr<scalar_t>();
+    scalar_t* Zp = Z.data_ptr<scalar_t>();
+    int32_t* ip = info.data_ptr<int32_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        ip[s] = cholesky_solve_one<scalar_t>(Lp + s * n * n, Zp + s * n * k, n, k);
+      }
+    });
+  });
+  return {L, Z, info};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(revgn, CPU, m) {
+  m.impl("coupling_inverse_with_tangent", &coupling_inverse_with_tangent_cpu);
+  m.impl("coupling_tangent", &coupling_tangent_cpu);
+  m.impl("gram", &gram_cpu);
+  m.impl("jt_update_", &jt_update_cpu);
+  m.impl("cholesky_factor_solve", &cholesky_factor_solve_cpu);
+}
+
+}  // namespace revgn

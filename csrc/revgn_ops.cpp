@@ -1,0 +1,28 @@
+// Schemas of the revgn ops. Always built; the CPU and CUDA implementations register separately.
+// The equations are in revgn/ops/*.py beside the pure-PyTorch references.
+#include <torch/library.h>
+
+TORCH_LIBRARY(revgn, m) {
+  // x = y - s(u C) W^T - b,  k = (s'(u C) * (du C)) W^T,  dx = dy - k,  A = s(u C)
+  m.def("coupling_inverse_with_tangent(Tensor u, Tensor du, Tensor y, Tensor dy, Tensor? C, "
+        "Tensor W, Tensor? b, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // k = (s'(P) * (du C)) W^T, given the pre-activation P = u C
+  m.def("coupling_tangent(Tensor pre, Tensor du, Tensor? C, Tensor W, str activation) -> Tensor");
+  // K = A A^T (+ 1 1^T)
+  m.def("gram(Tensor A, bool bias) -> Tensor");
+  // W += alpha Z^T A,  b += alpha 1^T Z
+  m.def("jt_update_(Tensor(a!) W, Tensor(b!)? b, Tensor A, Tensor Z, float alpha) -> ()");
+  // K + damping I = L L^T,  Z = (L L^T)^-1 R; info per system (LAPACK convention)
+  m.def("cholesky_factor_solve(Tensor K, Tensor R, float damping) -> (Tensor, Tensor, Tensor)");
+}
+
+// Importable as revgn._C when built ahead of time (the just-in-time build loads the library
+// directly); the module itself is empty, the ops live in torch.ops.revgn.
+#include <Python.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
