@@ -19,10 +19,10 @@ constexpr double kLeakySlope = 0.01;  // must match revgn/activations.py
 // value = s(p), slope = s'(p), computed together because they share transcendental work.
 template <typename T>
 REVGN_HOST_DEVICE void activation_and_slope(Activation act, T p, T& value, T& slope) {
+  value = p;  // identity unless a case below says otherwise
+  slope = T(1);
   switch (act) {
     case Activation::Identity:
-      value = p;
-      slope = T(1);
       return;
     case Activation::Relu:
       value = p > T(0) ? p : T(0);
