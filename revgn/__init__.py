@@ -41,3 +41,4 @@ def load_kernels():
 
 from revgn.model import RevMLP  # noqa: E402
 from revgn.exact_gn import ExactGN, GNStepResult, NonFiniteStepError  # noqa: E402
+from revgn.egn import EGN, EGNResult  # noqa: E402
