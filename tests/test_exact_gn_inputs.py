@@ -123,9 +123,15 @@ def test_state_dict_round_trip_continues_identically():
     ys = [labels(5, 3) for _ in range(4)]
     for x, y in zip(xs[:2], ys[:2]):
         opt.step(x, y)
+    import io
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
     model2 = copy.deepcopy(model)
+    model2.load_state_dict(saved["model"])
     opt2 = revgn.ExactGN(model2, lr=0.3, noise=0.1, seed=0)
-    opt2.load_state_dict(opt.state_dict())
+    opt2.load_state_dict(saved["opt"])
     for x, y in zip(xs[2:], ys[2:]):
         opt.step(x, y)
         opt2.step(x, y)
