@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import warnings
 
@@ -30,6 +31,8 @@ def _jit_build() -> dict:
     import torch
     from revgn import _build_config as config
     config.prefer_cuda_home()
+    # torch notes at import that no CUDA runtime is present; on a CPU machine that is expected
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
     root = _package_root()
     if not os.path.isdir(os.path.join(root, "csrc")):
