@@ -77,6 +77,31 @@ STEPS = {
 }
 
 
+def gn_step_flops(case: Case) -> float:
+    """Floating-point operations of one analytic GN step (2 per multiply-add), counting the GEMMs:
+    the forward (``2 n h M`` per coupling), the sweep's inversion with tangent (``4 n h M``;
+    tangents only in the top block, ``A_F`` only in the bottom block's F), the Gram
+    (``n^2 M``) and the update (``n h M``)."""
+    n, h, M, L = case.n, case.d // 2, case.M, case.L
+    unit = n * h * M
+    sweep = 0
+    for l in range(L):
+        top, bottom = l == L - 1, l == 0
+        g = 2 if top else 4
+        f = 0 if bottom and top else (1 if bottom else (2 if top else 4))
+        sweep += g + f
+    per_coupling_solve = n * n * M + unit
+    return 2.0 * (2 * L * 2 * unit + sweep * unit + 2 * L * per_coupling_solve)
+
+
+def adam_step_flops(case: Case) -> float:
+    """Forward (``2 n h M`` per coupling) and backward (``3 n h M``; ``2`` for the first
+    coupling, whose input needs no gradient)."""
+    unit = case.n * (case.d // 2) * case.M
+    couplings = 2 * case.L
+    return 2.0 * unit * (2 * couplings + 3 * couplings - 1)
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -173,6 +198,10 @@ def run_suite(device="cpu", repeats=5, quick=False) -> dict:
     if quick:
         mem_cases = [Case(n=128, d=32, M=512, L=L, device=device) for L in (2, 8)]
     memory = [{"L": c.L, **memory_case(c)} for c in mem_cases]
+    rates = {
+        "gn_auto": gn_step_flops(step) / times["gn_auto"] / 1e12,
+        "adam": adam_step_flops(step) / times["adam"] / 1e12,
+    }
     ratios = {
         "gn_auto / adam": times["gn_auto"] / times["adam"],
         "authors / gn_auto": times["authors"] / times["gn_auto"],
@@ -184,6 +213,8 @@ def run_suite(device="cpu", repeats=5, quick=False) -> dict:
     return {
         "step_case": asdict(step),
         "seconds": times,
+        "tflops": rates,
+        "flop_ratio_gn_over_adam": gn_step_flops(step) / adam_step_flops(step),
         "ratios": ratios,
         "memory_bytes": memory,
         "backend_auto": revgn.backend.resolve("auto", torch.device(device)),
@@ -199,6 +230,10 @@ def format_report(report: dict) -> str:
              f"auto -> {report['backend_auto']}"]
     for name, sec in report["seconds"].items():
         lines.append(f"  {name:<14}{sec * 1e3:10.2f} ms")
+    for name, rate in report.get("tflops", {}).items():
+        lines.append(f"  {name:<14}{rate * 1e3:10.1f} GFLOP/s achieved (GEMM count)")
+    if "flop_ratio_gn_over_adam" in report:
+        lines.append(f"  GEMM flops GN / Adam: {report['flop_ratio_gn_over_adam']:.2f} (the floor)")
     lines.append("ratios (same run):")
     for name, value in report["ratios"].items():
         lines.append(f"  {name:<32}{value:8.2f}")
