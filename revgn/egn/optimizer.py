@@ -1,16 +1,19 @@
 """``EGN``: exact damped Gauss-Newton for any ``nn.Module`` through a batch-sized system
 (Korbit et al., arXiv 2405.14402; DESIGN §4).
 
-For the mean loss ``L = (1/b) sum_i l_i``, the Levenberg-Marquardt direction is
+The objective is the mean loss ``L(w) = (1/b) sum_i l_i(f_i(w))`` (normalizations in
+``revgn.egn.losses``). With ``J`` (bc x P) the Jacobian of the outputs, ``r = -dl/df`` (bc) and
+``Q`` the block-diagonal per-sample output Hessians:
 
-    d = (J^T Q J + b lambda I)^-1 J^T r  =  J^T (Q J J^T + b lambda I_bc)^-1 r
+    grad L = -(1/b) J^T r,        G = (1/b) J^T Q J        (Gauss-Newton matrix of L)
 
-(push-through identity). With the exact factor ``Q = F F^T`` and ``r = F t``
-(``revgn.egn.losses``) it is solved in symmetric form: ``J~ = F^T J``,
+and the Levenberg-Marquardt direction ``(G + lambda I) d = -grad L`` is, after multiplying by b,
 
-    (J~ J~^T + b lambda I) v = t,      d = J^T F v,
+    d = (J^T Q J + b lambda I_P)^-1 J^T r = J^T (Q J J^T + b lambda I_bc)^-1 r
 
-an SPD system of size ``b c`` (Cholesky; the pseudoinverse when it is singular).
+(push-through identity: ``J^T (Q J J^T + mu I) = (J^T Q J + mu I) J^T``). So ``lambda`` is the
+damping of the mean-loss curvature and ``b lambda`` enters the row system. The plain step is
+``w <- w + lr d``. The bc x bc system is solved in symmetric form (``revgn.egn.rowsystem``).
 """
 from __future__ import annotations
 
@@ -18,51 +21,63 @@ from dataclasses import dataclass
 
 import torch
 
-from revgn.egn.jacobian import JACOBIAN_MODES, row_jacobian
+from revgn.backend import check_backend_name
+from revgn.egn import linesearch
+from revgn.egn.checks import check_batch, check_outputs, check_targets
+from revgn.egn.jacobian import JACOBIAN_MODES, resolve_path, row_jacobian
 from revgn.egn.losses import EGN_LOSSES, hessian, mean_loss, output_model
+from revgn.egn.rowsystem import row_coefficients
 from revgn.exact_gn import NonFiniteStepError
-from revgn.ops import gram_solve
-from revgn.validation import check_choice, check_finite_tensor, check_nonnegative
+from revgn.validation import check_choice, check_nonnegative
 
 
 @dataclass
 class EGNResult:
     loss: float                      # batch loss before the step
-    loss_after: float | None         # after, when it was evaluated (line search, damping)
-    step_size: float                 # alpha actually applied (0.0: no move)
+    loss_after: float | None         # batch loss after, when evaluated (line search, damping)
+    step_size: float                 # alpha applied to the direction (0.0: no move)
     damping: float                   # lambda used for this step
-    trials: int                      # loss evaluations by the line search
+    trials: int                      # loss evaluations made by the line search
     jacobian: str                    # "structured" or "explicit"
-    predicted_reduction: float | None = None
-    actual_reduction: float | None = None
-    applied: bool = True
+    predicted_reduction: float | None = None  # -(alpha g^T d + alpha^2/2 d^T G d)
+    actual_reduction: float | None = None     # loss - loss_after
+    applied: bool = True             # whether the parameters moved
     skipped_reason: str | None = None
 
     @property
     def rho(self) -> float | None:
+        """``actual / predicted`` reduction; None when either is missing or predicted is 0."""
         if self.actual_reduction is None or not self.predicted_reduction:
             return None
         return self.actual_reduction / self.predicted_reduction
 
 
 class EGN(torch.optim.Optimizer):
-    """Exact row-space Gauss-Newton (see the module docstring).
+    """Exact row-space Gauss-Newton: ``w <- w + alpha d``, ``d`` as in the module docstring.
 
     Args:
-        model: any module mapping a batch to outputs ``(b, c)``.
-        lr: the step size (the first trial step with ``line_search``).
+        model: a module mapping a batch ``x`` to outputs ``(b, c)``; its trainable parameters
+            are optimized.
+        lr: the step size; with ``line_search`` the first trial step size.
         loss: ``"mse"`` (float targets (b, c)), ``"cross_entropy"`` (int64 labels (b,)) or
-            ``"bce"`` (targets in [0, 1], (b, c); logits out).
-        damping: lambda (relative to the mean loss: the system adds ``b lambda I``).
+            ``"bce"`` (float targets in [0, 1], (b, c); the model outputs logits).
+        damping: lambda >= 0, the damping of the mean-loss curvature (the row system adds
+            ``b lambda I``); 0 gives the minimum-norm Gauss-Newton direction.
         line_search: stochastic Armijo on the same batch: ``alpha = min(grow alpha_prev,
-            alpha_max)``, shrunk by ``shrink`` while ``L(w + alpha d) > L(w) + c alpha g^T d``,
-            at most ``max_trials`` tries; no move when none passes.
-        momentum: beta of the bias-corrected EMA of directions (0 disables it).
-        adaptive_damping: ``rho = actual / predicted`` reduction (GN quadratic model); lambda is
-            multiplied by ``damping_increase`` when ``rho < 0.25`` and by ``damping_decrease``
-            when ``rho > 0.75``, within ``damping_range``.
-        jacobian: ``"auto"`` (structured when the model allows, else explicit), ``"structured"``
-            or ``"explicit"``.
+            alpha_max)`` (``min(lr, alpha_max)`` at first), times ``shrink`` while
+            ``L(w + alpha d) > L(w) + armijo_c alpha g^T d``, at most ``max_trials`` tries; no
+            move when none passes (reported) or when ``g^T d >= 0``.
+        momentum: beta of the bias-corrected EMA of directions, ``m_t = beta m_(t-1) +
+            (1 - beta) d_t``, step along ``m_t / (1 - beta^t)`` (0 disables it).
+        adaptive_damping: after each step ``rho = actual / predicted`` reduction (predicted by
+            the undamped GN quadratic model); lambda is multiplied by ``damping_increase`` when
+            ``rho < 0.25`` or no step was taken, by ``damping_decrease`` when ``rho > 0.75``,
+            and clamped to ``damping_range``.
+        jacobian: ``"auto"`` (structured when the model is a Linear stack, else explicit),
+            ``"structured"`` or ``"explicit"``.
+        backend: implementation of the Gram, ``J^T u`` and solve ops (``revgn.backend``).
+        on_nonfinite: ``"raise"`` (``NonFiniteStepError``) or ``"skip"`` (result.applied False)
+            when the direction is not finite; the parameters never receive it.
     """
 
     def __init__(self, model, lr: float = 1.0, loss: str = "mse", damping: float = 1.0,
@@ -74,20 +89,26 @@ class EGN(torch.optim.Optimizer):
                  damping_increase: float = 2.0, damping_decrease: float = 0.5,
                  on_nonfinite: str = "raise"):
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"EGN needs an nn.Module; got {type(model).__name__}")
+            raise TypeError(f"EGN needs the nn.Module itself (not its parameters); got "
+                            f"{type(model).__name__}")
         check_choice(loss, "loss", EGN_LOSSES)
         check_choice(jacobian, "jacobian", JACOBIAN_MODES)
         check_choice(on_nonfinite, "on_nonfinite", ("raise", "skip"))
+        check_backend_name(backend)
         for name, value in (("lr", lr), ("damping", damping), ("armijo_c", armijo_c),
                             ("alpha_max", alpha_max)):
             check_nonnegative(value, name)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {momentum}")
-        if not 0 < shrink < 1 or grow < 1 or max_trials < 1:
-            raise ValueError("line search needs 0 < shrink < 1, grow >= 1, max_trials >= 1")
+        if not (0 < shrink < 1 and grow >= 1 and int(max_trials) >= 1):
+            raise ValueError(f"line search needs 0 < shrink < 1, grow >= 1, max_trials >= 1; got "
+                             f"shrink={shrink}, grow={grow}, max_trials={max_trials}")
         lo, hi = damping_range
         if not 0 <= lo <= hi:
             raise ValueError(f"damping_range must satisfy 0 <= low <= high; got {damping_range}")
+        if not (damping_increase >= 1 and 0 < damping_decrease <= 1):
+            raise ValueError("adaptive damping needs damping_increase >= 1 and "
+                             "0 < damping_decrease <= 1")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -100,67 +121,76 @@ class EGN(torch.optim.Optimizer):
         self.jacobian = jacobian
         self.backend = backend
         self.armijo_c, self.shrink, self.grow = armijo_c, shrink, grow
-        self.alpha_max, self.max_trials = alpha_max, max_trials
+        self.alpha_max, self.max_trials = alpha_max, int(max_trials)
         self.damping_range = (lo, hi)
         self.damping_increase, self.damping_decrease = damping_increase, damping_decrease
         self.on_nonfinite = on_nonfinite
 
     # -- public API -----------------------------------------------------------------------------
 
-    def direction(self, x, y):
-        """The plain damped GN direction ``d`` (no momentum, no step size) and its Jacobian path:
-        ``(list of tensors aligned with the parameters, path)``."""
-        x = self._check_x(x)
-        d, _, _, path = self._direction(x, y)
-        return [d[p] for p in self._params()], path
+    def direction(self, x, y) -> list[torch.Tensor]:
+        """The plain damped GN direction ``d`` at the current damping (no momentum, no step
+        size), one tensor per trainable parameter, in ``model.parameters()`` order."""
+        *_, d = self._solve(check_batch(x), y)
+        return [d[p] for p in self._params()]
 
-    def step(self, x, y) -> EGNResult:  # noqa: D401 - signature differs from Optimizer.step
-        x = self._check_x(x)
+    def jacobian_path(self, x) -> str:
+        """``"structured"`` or ``"explicit"``: the path ``step(x, ...)`` takes."""
+        return resolve_path(self.model, check_batch(x), self.jacobian)
+
+    def step(self, x, y) -> EGNResult:  # noqa: D417 - not the closure signature of Optimizer
+        """One step on the batch ``(x, y)``; see the class docstring."""
+        x = check_batch(x)
         group = self.param_groups[0]
         lam = float(group["damping"])
-        d, f, y, path = self._direction(x, y)
-        loss0 = float(mean_loss(f, y, self.loss))
+        jac, f, y, om, d = self._solve(x, y)
+        loss0 = self._batch_loss(f, y)
         result = EGNResult(loss=loss0, loss_after=None, step_size=0.0, damping=lam, trials=0,
-                           jacobian=path)
+                           jacobian=jac.path)
         if not all(bool(torch.isfinite(t).all()) for t in d.values()):
             return self._nonfinite(result, "the direction is not finite")
-        state = self.state[self._params()[0]]
+
+        state = self.state[self._params()[0]]  # step-wide scalars live with the first parameter
         step_dir = self._momentum_direction(d, state)
-        Jd = self._jvp(x, step_dir)
-        # g^T d with g = -(1/b) J^T r: the directional derivative of the mean loss
-        slope = -float((self._residual(f, y) * Jd).sum()) / f.shape[0]
-        curvature = float(torch.einsum("ic,icd,id->", Jd, hessian(f, self.loss), Jd)) / f.shape[0]
+        slope, curvature = self._quadratic_model(x, f, om, step_dir)
 
-        def predicted(alpha):
-            return -(alpha * slope + 0.5 * alpha * alpha * curvature)
+        def loss_at(alpha):
+            return self._loss_at(x, y, step_dir, alpha)
 
+        loss_new = None
         if self.line_search:
-            alpha = min(self.grow * state.get("alpha", group["lr"]), self.alpha_max)
-            accepted, loss_new = False, None
-            for _ in range(self.max_trials):
-                result.trials += 1
-                loss_new = self._loss_at(x, y, step_dir, alpha)
-                if loss_new <= loss0 + self.armijo_c * alpha * slope:
-                    accepted = True
-                    break
-                alpha *= self.shrink
-            if not accepted:
+            alpha = linesearch.first_trial(state.get("alpha"), group["lr"], self.grow,
+                                           self.alpha_max)
+            if slope < 0:
+                search = linesearch.armijo(loss_at, loss0, slope, alpha, self.armijo_c,
+                                           self.shrink, self.max_trials)
+                result.trials = search.trials
+                state["alpha"] = search.alpha if search.accepted else search.last_tried
+                alpha, loss_new = search.alpha, search.loss
+                if not search.accepted:
+                    result.skipped_reason = (f"no step size passed the Armijo test in "
+                                             f"{search.trials} trials")
+            else:
                 alpha, loss_new = 0.0, loss0
-            state["alpha"] = alpha if accepted else state.get("alpha", group["lr"])
+                result.skipped_reason = f"not a descent direction (g^T d = {slope:.3g} >= 0)"
         else:
-            alpha = group["lr"]
-            loss_new = self._loss_at(x, y, step_dir, alpha) if self.adaptive_damping else None
+            alpha = float(group["lr"])
+            if self.adaptive_damping:
+                loss_new = loss_at(alpha)
         if alpha:
             with torch.no_grad():
                 for p in self._params():
-                    p.add_(step_dir[p], alpha=alpha)
+                    p.add_(step_dir[p].to(p.dtype), alpha=alpha)
+        result.applied = alpha != 0
         result.step_size = alpha
         result.loss_after = loss_new
-        result.predicted_reduction = predicted(alpha)
+        result.predicted_reduction = -(alpha * slope + 0.5 * alpha * alpha * curvature)
         if loss_new is not None:
             result.actual_reduction = loss0 - loss_new
-        if self.adaptive_damping and result.rho is not None:
-            group["damping"] = self._adapted_damping(lam, result.rho)
+        if self.adaptive_damping:
+            lo, hi = self.damping_range
+            group["damping"] = linesearch.adapt_damping(
+                lam, result.rho, self.damping_increase, self.damping_decrease, lo, hi)
         state["step"] = state.get("step", 0) + 1
         return result
 
@@ -169,56 +199,33 @@ class EGN(torch.optim.Optimizer):
     def _params(self):
         return self.param_groups[0]["params"]
 
-    def _check_x(self, x):
-        check_finite_tensor(x, "x")
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError("empty batch: x has no examples")
-        return x
-
-    def _check_targets(self, f, y):
-        b, c = f.shape
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
-        if self.loss == "cross_entropy":
-            if y.dtype != torch.int64:
-                raise TypeError(f"cross_entropy targets must be int64 class indices; got {y.dtype}")
-            if y.shape != (b,):
-                raise ValueError(f"y must have shape ({b},) to match x; got {tuple(y.shape)}")
-            if int(y.min()) < 0 or int(y.max()) >= c:
-                raise ValueError(f"labels must lie in [0, {c}); got [{int(y.min())}, "
-                                 f"{int(y.max())}]")
-            return y.to(f.device)
-        if not y.is_floating_point():
-            raise TypeError(f"{self.loss} targets must be floating point; got {y.dtype}")
-        if y.shape != (b, c):
-            raise ValueError(f"{self.loss} targets must have shape ({b}, {c}) like the model's "
-                             f"outputs; got {tuple(y.shape)}")
-        check_finite_tensor(y, "y")
-        if self.loss == "bce" and (bool((y < 0).any()) or bool((y > 1).any())):
-            raise ValueError("bce targets must lie in [0, 1]")
-        return y.to(f.device, f.dtype)
-
-    def _direction(self, x, y):
-        jac = row_jacobian(self.model, x, self.jacobian)
+    def _solve(self, x, y):
+        """Forward, validation (before any state changes), then ``d = J^T u``."""
+        jac = row_jacobian(self.model, x, self.jacobian, self.backend)
         f = jac.outputs.detach()
-        if f.dim() != 2:
-            raise ValueError(f"the model must map a batch to outputs (b, c); got {tuple(f.shape)}")
-        y = self._check_targets(f, y)
-        with torch.no_grad():
-            om = output_model(f, y, self.loss)
-            b, c = f.shape
-            JJ = jac.gram().detach().to(torch.float64)
-            Fm = om.factor.to(torch.float64)
-            K = torch.einsum("iac,iajb,jbd->icjd", Fm, JJ, Fm).reshape(b * c, b * c)
-            lam = b * float(self.param_groups[0]["damping"])
-            sol = gram_solve(K, om.t.to(torch.float64).reshape(b * c, 1), "damped",
-                             damping=lam, backend=self.backend)
-            u = torch.einsum("icd,id->ic", Fm, sol.Z.reshape(b, c)).to(f.dtype)
-            d = {p: t.detach() for p, t in jac.transpose_apply(u).items()}
-        return d, f, y, jac.path
+        check_outputs(f, x.shape[0])
+        y = check_targets(f, y, self.loss)
+        om = output_model(f, y, self.loss)
+        mu = f.shape[0] * float(self.param_groups[0]["damping"])
+        u, _ = row_coefficients(jac.gram(), om, mu, self.backend)
+        d = {p: t.detach() for p, t in jac.transpose_apply(u.to(f.dtype)).items()}
+        for p in self._params():  # a parameter the outputs do not depend on does not move
+            d.setdefault(p, torch.zeros_like(p))
+        return jac, f, y, om, d
 
-    def _residual(self, f, y):
-        return output_model(f, y, self.loss).r
+    def _batch_loss(self, f, y) -> float:
+        # float64: the Armijo test compares losses that differ by c alpha g^T d, often tiny
+        y = y.to(torch.float64) if y.is_floating_point() else y
+        return float(mean_loss(f.to(torch.float64), y, self.loss))
+
+    def _quadratic_model(self, x, f, om, direction):
+        """``(g^T d, d^T G d)`` for the mean loss: ``-(1/b) r . Jd`` and ``(1/b) Jd . Q Jd``."""
+        Jd = self._jvp(x, direction).to(torch.float64)
+        b = f.shape[0]
+        slope = -float((om.r * Jd).sum()) / b
+        Q = hessian(f.to(torch.float64), self.loss)
+        curvature = float(torch.einsum("ic,icd,id->", Jd, Q, Jd)) / b
+        return slope, curvature
 
     def _momentum_direction(self, d, state):
         if not self.momentum:
@@ -234,42 +241,36 @@ class EGN(torch.optim.Optimizer):
             out[p] = buf / (1 - beta ** t)
         return out
 
-    def _functional(self, shift=None, alpha=0.0):
-        names = {p: n for n, p in self.model.named_parameters()}
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
-        if shift is not None:
-            for p, dp in shift.items():
-                params[names[p]] = params[names[p]] + alpha * dp
-        return params
+    def _named(self, direction=None, alpha=0.0):
+        """Every parameter by name, the trainable ones moved by ``alpha * direction``."""
+        named = {n: p.detach() for n, p in self.model.named_parameters()}
+        if direction is not None:
+            names = {p: n for n, p in self.model.named_parameters()}
+            for p, dp in direction.items():
+                named[names[p]] = named[names[p]] + alpha * dp.to(p.dtype)
+        return named
 
     def _loss_at(self, x, y, direction, alpha) -> float:
         with torch.no_grad():
-            f = torch.func.functional_call(self.model, self._functional(direction, alpha), (x,))
-            return float(mean_loss(f, y, self.loss))
+            f = torch.func.functional_call(self.model, self._named(direction, alpha), (x,))
+        return self._batch_loss(f, y)
 
     def _jvp(self, x, direction):
         names = {p: n for n, p in self.model.named_parameters()}
         keys = [names[p] for p in direction]
-        base = self._functional()
+        base = self._named()
 
         def f(*values):
-            params = dict(base)
-            params.update(zip(keys, values))
-            return torch.func.functional_call(self.model, params, (x,))
+            return torch.func.functional_call(self.model, {**base, **dict(zip(keys, values))},
+                                              (x,))
         with torch.no_grad():
             return torch.func.jvp(f, tuple(base[k] for k in keys),
-                                  tuple(direction[p] for p in direction))[1]
-
-    def _adapted_damping(self, lam, rho):
-        lo, hi = self.damping_range
-        if rho < 0.25:
-            lam *= self.damping_increase
-        elif rho > 0.75:
-            lam *= self.damping_decrease
-        return min(max(lam, lo), hi)
+                                  tuple(direction[p].to(base[k].dtype)
+                                        for p, k in zip(direction, keys)))[1]
 
     def _nonfinite(self, result, why):
         if self.on_nonfinite == "raise":
-            raise NonFiniteStepError(f"{why}; the parameters were left unchanged")
+            raise NonFiniteStepError(f"{why}; the parameters were left unchanged (lower lr, "
+                                     f"raise damping, or pass on_nonfinite='skip')")
         result.applied, result.skipped_reason = False, why
         return result
