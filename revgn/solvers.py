@@ -22,6 +22,7 @@ are not resolvable from ``K`` (DESIGN §3.1, Precision); a finer ``rtol`` goes t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -50,6 +51,8 @@ class SolverConfig:
     rsvd_power_iters: int = 2
     backend: str = "auto"
     generator: torch.Generator | None = field(default=None, repr=False)
+    #: sums a Gram matrix over the shards of ``A`` (tensor parallelism over M); None: not sharded
+    gram_reduce: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -171,7 +174,12 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     n = A.shape[0]
     method = cfg.solver
     rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
-    K = gram(A, bias, backend=cfg.backend)
+    if cfg.gram_reduce is None:
+        K = gram(A, bias, backend=cfg.backend)
+    else:  # each shard holds some columns of A: K = sum over shards of A_r A_r^T, + 1 once
+        K = cfg.gram_reduce(gram(A, False, backend=cfg.backend))
+        if bias:
+            K = K + 1
     K64, T64 = K.to(torch.float64), T.to(torch.float64)
     damping = 0.0
     route = method
