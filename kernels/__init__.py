@@ -1,14 +1,19 @@
 """Triton kernels of revgn (installed as ``revgn.kernels``).
 
-Each public function has the name and signature of the op it implements in ``revgn.ops`` and is
-registered with ``torch.library`` (namespace ``revgn_triton``) with a fake implementation, so
-``opcheck`` and ``torch.compile`` see through it. Under ``TRITON_INTERPRET=1`` they run on CPU
-tensors.
+Each public function has the name and signature of the op it implements in ``revgn.ops`` (the
+dispatcher calls ``getattr(revgn.load_kernels(), op_name)(*reference arguments)``) and is a
+``torch.library.custom_op`` in the namespace ``revgn_triton`` with a fake implementation, so
+``opcheck`` and ``torch.compile`` see through it. On a GPU they take CUDA tensors; under
+``TRITON_INTERPRET=1`` (set before this package is imported) they run on CPU tensors.
+
+float32 and float64 only. float32 products are IEEE by default; ``REVGN_TRITON_TF32=1`` (or
+``REVGN_TRITON_INPUT_PRECISION=tf32|tf32x3``) trades accuracy for tensor-core speed. See
+docs/KERNELS_TRITON.md.
 """
-from .cholesky import cholesky_factor_solve
+from .cholesky import MAX_SMALL_N, cholesky_factor_solve
 from .coupling import coupling_inverse_with_tangent, coupling_tangent
 from .gram import gram
 from .jt import jt_product, jt_update_
 
 __all__ = ["coupling_inverse_with_tangent", "coupling_tangent", "gram", "jt_product",
-           "jt_update_", "cholesky_factor_solve"]
+           "jt_update_", "cholesky_factor_solve", "MAX_SMALL_N"]

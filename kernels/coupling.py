@@ -1,110 +1,134 @@
-"""Coupling inversion with tangent (DESIGN §3 steps 1-2) as two fused dual matmuls.
+"""Coupling inversion with tangent (DESIGN §3, steps 1-2) as two fused stacked matmuls.
 
-    [P | dP] = [u | du] C            one pass over C for primal and tangent
-    A = s(P),  S = s'(P) * dP        epilogue of the first kernel, straight from the accumulators
-    x = y - A W^T - b,  k = S W^T,  dx = dy - k     epilogue of the second kernel
+    [P; dP] = [u; du] C               one pass over C for primal and tangent
+    A = s(P),  S = s'(P) * dP         first epilogue, straight from the accumulators
+    [A; S] W^T                        one pass over W for both
+    x = y - A W^T - b,  k = S W^T,  dx = dy - k      second epilogue
 
-Both kernels share one shape: two left operands against one right operand, whose tile is loaded
-once for both accumulators.
+Both launches run ``_stacked_matmul_kernel``: each program owns the same (rows, cols) tile of the
+top and the bottom half of the stacked product, so the right operand's tile is loaded once for
+both accumulators and the epilogue sees ``P`` and ``dP`` (or ``A W^T`` and ``S W^T``) of the same
+element together. Without an inverted bottleneck (``C`` is None) ``P = u``: the first launch
+does no product at all.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import activation_and_slope, activation_code, dot_precision, matmul_blocks
+from ._common import (accumulate_product, activation_and_slope, activation_code, any_empty,
+                      check_operands, matmul_launch, on_device)
 
-EPILOGUE_ACTIVATION = 0   # out1 = s(acc1), out2 = s'(acc1) * acc2
-EPILOGUE_INVERSE = 1      # out1 = y - acc1 - b, out2 = acc2, out3 = dy - acc2
-EPILOGUE_TANGENT = 2      # out2 = s'(pre) * acc2 (pre read from out1's pointer)
-EPILOGUE_PLAIN = 3        # out2 = acc2
+# What the epilogue of _stacked_matmul_kernel writes.
+ACTIVATE = 0  # top: s(acc_top); bottom: s'(acc_top) * acc_bottom
+INVERT = 1    # top: y - acc_top - b; bottom: acc_bottom; extra: dy - acc_bottom
+PUSH = 2      # bottom: s'(P) * acc_bottom, with P read from PRE (no top operand)
+STORE = 3     # bottom: acc_bottom (no top operand)
 
 
 @triton.jit
-def _dual_matmul_kernel(
-        X1, X2, B, OUT1, OUT2, OUT3, Y, DY, BIAS,
-        M, N, K,
-        stride_xm, stride_xk, stride_bk, stride_bn, stride_om, stride_on,
-        EPILOGUE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-        ONLY_SECOND: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc1 = X1 @ B`` and ``acc2 = X2 @ B`` for one (BLOCK_M, BLOCK_N) tile, then the epilogue.
+def _stacked_matmul_kernel(
+        X_TOP, X_BOTTOM, RHS, OUT_TOP, OUT_BOTTOM, OUT_EXTRA, Y, DY, PRE, BIAS,
+        rows, cols, inner,
+        stride_xr, stride_xi, stride_ri, stride_rc,
+        EPILOGUE: tl.constexpr, ACT: tl.constexpr, HAS_TOP: tl.constexpr,
+        HAS_RHS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``[acc_top; acc_bottom] = [X_top; X_bottom] @ RHS`` on one (BLOCK_M, BLOCK_N) tile of
+    each half, then the ``EPILOGUE``.
 
-    X1, X2: (M, K) with the same strides; B: (K, N) by strides (a transposed view is free);
-    outputs (M, N) contiguous-by-rows with strides (stride_om, stride_on).
+    X_top, X_bottom: (rows, inner), sharing strides; RHS: (inner, cols) by strides (a transposed
+    view costs nothing); outputs and Y, DY, PRE: (rows, cols) contiguous. Without RHS the product
+    is the operand itself (inner == cols).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if X2.dtype.element_ty == tl.float32
-                    else tl.float64)
-    acc2 = tl.zeros_like(acc1)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        b = tl.load(B + kk[:, None] * stride_bk + rn[None, :] * stride_bn,
-                    mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
-        x_mask = (rm[:, None] < M) & (kk[None, :] < K)
-        x_off = rm[:, None] * stride_xm + kk[None, :] * stride_xk
-        if not ONLY_SECOND:
-            x1 = tl.load(X1 + x_off, mask=x_mask, other=0.0)
-            acc1 = tl.dot(x1, b, acc1, input_precision=PRECISION)
-        x2 = tl.load(X2 + x_off, mask=x_mask, other=0.0)
-        acc2 = tl.dot(x2, b, acc2, input_precision=PRECISION)
+    out_mask = (rm[:, None] < rows) & (rn[None, :] < cols)
+    out_off = rm[:, None] * cols + rn[None, :]
 
-    o_mask = (rm[:, None] < M) & (rn[None, :] < N)
-    o_off = rm[:, None] * stride_om + rn[None, :] * stride_on
-    if EPILOGUE == 0:
-        value, slope = activation_and_slope(acc1, ACT)
-        tl.store(OUT1 + o_off, value, mask=o_mask)
-        tl.store(OUT2 + o_off, slope * acc2, mask=o_mask)
-    elif EPILOGUE == 1:
-        y = tl.load(Y + o_off, mask=o_mask, other=0.0)
-        x = y - acc1
-        if HAS_BIAS:
-            x = x - tl.load(BIAS + rn, mask=rn < N, other=0.0)[None, :]
-        tl.store(OUT1 + o_off, x, mask=o_mask)
-        tl.store(OUT2 + o_off, acc2, mask=o_mask)
-        dy = tl.load(DY + o_off, mask=o_mask, other=0.0)
-        tl.store(OUT3 + o_off, dy - acc2, mask=o_mask)
-    elif EPILOGUE == 2:
-        pre = tl.load(OUT1 + o_off, mask=o_mask, other=0.0)
-        _, slope = activation_and_slope(pre, ACT)
-        tl.store(OUT2 + o_off, slope * acc2, mask=o_mask)
+    if HAS_RHS:
+        rk = tl.arange(0, BLOCK_K)
+        acc_top = tl.zeros((BLOCK_M, BLOCK_N), dtype=X_BOTTOM.dtype.element_ty)
+        acc_bottom = tl.zeros((BLOCK_M, BLOCK_N), dtype=X_BOTTOM.dtype.element_ty)
+        for k0 in range(0, inner, BLOCK_K):
+            kk = k0 + rk
+            rhs = tl.load(RHS + kk[:, None] * stride_ri + rn[None, :] * stride_rc,
+                          mask=(kk[:, None] < inner) & (rn[None, :] < cols), other=0.0)
+            x_off = rm[:, None] * stride_xr + kk[None, :] * stride_xi
+            x_mask = (rm[:, None] < rows) & (kk[None, :] < inner)
+            if HAS_TOP:
+                x_top = tl.load(X_TOP + x_off, mask=x_mask, other=0.0)
+                acc_top = accumulate_product(acc_top, x_top, rhs, PRECISION, USE_DOT)
+            x_bottom = tl.load(X_BOTTOM + x_off, mask=x_mask, other=0.0)
+            acc_bottom = accumulate_product(acc_bottom, x_bottom, rhs, PRECISION, USE_DOT)
     else:
-        tl.store(OUT2 + o_off, acc2, mask=o_mask)
+        x_off = rm[:, None] * stride_xr + rn[None, :] * stride_xi
+        acc_bottom = tl.load(X_BOTTOM + x_off, mask=out_mask, other=0.0)
+        if HAS_TOP:
+            acc_top = tl.load(X_TOP + x_off, mask=out_mask, other=0.0)
+        else:
+            acc_top = acc_bottom
+
+    if EPILOGUE == 0:    # ACTIVATE
+        value, slope = activation_and_slope(acc_top, ACT)
+        tl.store(OUT_TOP + out_off, value, mask=out_mask)
+        tl.store(OUT_BOTTOM + out_off, slope * acc_bottom, mask=out_mask)
+    elif EPILOGUE == 1:  # INVERT
+        x = tl.load(Y + out_off, mask=out_mask, other=0.0) - acc_top
+        if HAS_BIAS:
+            x -= tl.load(BIAS + rn, mask=rn < cols, other=0.0)[None, :]
+        tl.store(OUT_TOP + out_off, x, mask=out_mask)
+        tl.store(OUT_BOTTOM + out_off, acc_bottom, mask=out_mask)
+        dy = tl.load(DY + out_off, mask=out_mask, other=0.0)
+        tl.store(OUT_EXTRA + out_off, dy - acc_bottom, mask=out_mask)
+    elif EPILOGUE == 2:  # PUSH
+        _, slope = activation_and_slope(tl.load(PRE + out_off, mask=out_mask, other=0.0), ACT)
+        tl.store(OUT_BOTTOM + out_off, slope * acc_bottom, mask=out_mask)
+    else:                # STORE
+        tl.store(OUT_BOTTOM + out_off, acc_bottom, mask=out_mask)
 
 
-def dual_matmul(x1, x2, b, epilogue, act=0, out1=None, y=None, dy=None, bias=None,
-                only_second=False):
-    """Launch ``_dual_matmul_kernel``; returns ``(out1, out2, out3)`` (unused ones None)."""
-    M, K = x2.shape
-    N = b.shape[1]
-    assert x1.stride() == x2.stride()
-    out2 = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    out3 = torch.empty_like(out2) if epilogue == EPILOGUE_INVERSE else None
-    if out1 is None and epilogue in (EPILOGUE_ACTIVATION, EPILOGUE_INVERSE):
-        out1 = torch.empty_like(out2)
-    BM, BN, BK = matmul_blocks(x2.device)
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    dummy = out2
-    _dual_matmul_kernel[grid](
-        x1, x2, b, out1 if out1 is not None else dummy, out2,
-        out3 if out3 is not None else dummy,
-        y if y is not None else dummy, dy if dy is not None else dummy,
-        bias if bias is not None else dummy,
-        M, N, K, x2.stride(0), x2.stride(1), b.stride(0), b.stride(1),
-        out2.stride(0), out2.stride(1),
-        EPILOGUE=epilogue, ACT=act, HAS_BIAS=bias is not None, ONLY_SECOND=only_second,
-        PRECISION=dot_precision(x2.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
-    return out1, out2, out3
+def _stacked_matmul(bottom, rhs, epilogue, *, top=None, act=0, y=None, dy=None, pre=None,
+                    bias=None):
+    """Launch ``_stacked_matmul_kernel``; returns ``(out_top, out_bottom, out_extra)``, None
+    where the epilogue writes nothing. ``rhs`` None: the product is the operand itself."""
+    rows, inner = bottom.shape
+    cols = rhs.shape[1] if rhs is not None else inner
+    out_bottom = bottom.new_empty(rows, cols)
+    out_top = bottom.new_empty(rows, cols) if epilogue in (ACTIVATE, INVERT) else None
+    out_extra = bottom.new_empty(rows, cols) if epilogue == INVERT else None
+    # Tiles for two accumulators even with one: the epilogues read extra tiles (PRE, Y, DY).
+    launch = matmul_launch(rows, cols, bottom.dtype, bottom.device, accumulators=2)
+    grid = (triton.cdiv(rows, launch["BLOCK_M"]), triton.cdiv(cols, launch["BLOCK_N"]))
+
+    def pointer(t):
+        # Operands an epilogue does not read still need a pointer of the right type.
+        return t if t is not None else out_bottom
+
+    with on_device(bottom):
+        _stacked_matmul_kernel[grid](
+            pointer(top), bottom, pointer(rhs), pointer(out_top), out_bottom,
+            pointer(out_extra), pointer(y), pointer(dy), pointer(pre), pointer(bias),
+            rows, cols, inner, bottom.stride(0), bottom.stride(1),
+            rhs.stride(0) if rhs is not None else 0, rhs.stride(1) if rhs is not None else 0,
+            EPILOGUE=epilogue, ACT=act, HAS_TOP=top is not None, HAS_RHS=rhs is not None,
+            HAS_BIAS=bias is not None, **launch)
+    return out_top, out_bottom, out_extra
 
 
-def _as_rhs(C, u):
-    # Without a bottleneck P = u: an identity right operand keeps one code path.
+def _check_coupling_shapes(n, h, C, W, b, **rows_by_name):
+    M = C.shape[1] if C is not None else h
+    expected = {name: (n, h) for name in rows_by_name}
+    actual = {name: tuple(t.shape) for name, t in rows_by_name.items()}
     if C is not None:
-        return C
-    return torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+        expected["C"], actual["C"] = (h, M), tuple(C.shape)
+    expected["W"], actual["W"] = (h, M), tuple(W.shape)
+    if b is not None:
+        expected["b"], actual["b"] = (h,), tuple(b.shape)
+    wrong = {k: v for k, v in actual.items() if v != expected[k]}
+    if wrong:
+        raise ValueError(f"coupling shapes: expected {expected}, got {actual}")
 
 
 @torch.library.custom_op("revgn_triton::coupling_inverse_with_tangent", mutates_args=())
@@ -113,31 +137,44 @@ def coupling_inverse_with_tangent(u: torch.Tensor, du: torch.Tensor, y: torch.Te
                                   b: torch.Tensor | None, activation: str
                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                              torch.Tensor]:
-    """Triton version of ``revgn.ops.coupling_inverse_with_tangent``: ``(x, dx, A, k)``."""
+    """``(x, dx, A, k)`` of ``revgn.ops.coupling_inverse_with_tangent``:
+
+        A = s(u C),  x = y - A W^T - b,  k = (s'(u C) * (du C)) W^T,  dx = dy - k
+    """
     act = activation_code(activation)
-    u, du = u.contiguous(), du.contiguous()
-    A, S, _ = dual_matmul(u, du, _as_rhs(C, u), EPILOGUE_ACTIVATION, act)
-    x, k, dx = dual_matmul(A, S, W.t(), EPILOGUE_INVERSE, y=y.contiguous(),
-                           dy=dy.contiguous(), bias=b)
+    check_operands(u, du, y, dy, C, W, b)
+    _check_coupling_shapes(u.shape[0], u.shape[1], C, W, b, u=u, du=du, y=y, dy=dy)
+    if any_empty(u, C, W):
+        from revgn.ops.coupling import coupling_inverse_with_tangent_ref
+        return coupling_inverse_with_tangent_ref(u, du, y, dy, C, W, b, activation)
+    A, S, _ = _stacked_matmul(du.contiguous(), C, ACTIVATE, top=u.contiguous(), act=act)
+    x, k, dx = _stacked_matmul(S, W.t(), INVERT, top=A, y=y.contiguous(), dy=dy.contiguous(),
+                               bias=b.contiguous() if b is not None else None)
     return x, dx, A, k
 
 
 @coupling_inverse_with_tangent.register_fake
 def _(u, du, y, dy, C, W, b, activation):
-    M = C.shape[1] if C is not None else u.shape[1]
-    return torch.empty_like(y), torch.empty_like(dy), u.new_empty(u.shape[0], M), \
-        torch.empty_like(dy)
+    n, h = u.shape
+    M = C.shape[1] if C is not None else h
+    return u.new_empty(n, h), u.new_empty(n, h), u.new_empty(n, M), u.new_empty(n, h)
 
 
 @torch.library.custom_op("revgn_triton::coupling_tangent", mutates_args=())
 def coupling_tangent(pre: torch.Tensor, du: torch.Tensor, C: torch.Tensor | None,
                      W: torch.Tensor, activation: str) -> torch.Tensor:
-    """``k = (s'(P) * (du C)) W^T`` given ``P``."""
+    """``k = (s'(P) * (du C)) W^T`` given ``P = u C`` (``revgn.ops.coupling_tangent``)."""
     act = activation_code(activation)
-    du = du.contiguous()
-    _, S, _ = dual_matmul(du, du, _as_rhs(C, du), EPILOGUE_TANGENT, act,
-                          out1=pre.contiguous(), only_second=True)
-    return dual_matmul(S, S, W.t(), EPILOGUE_PLAIN, only_second=True)[1]
+    check_operands(pre, du, C, W)
+    _check_coupling_shapes(du.shape[0], du.shape[1], C, W, None, du=du)
+    if tuple(pre.shape) != (du.shape[0], W.shape[1]):
+        raise ValueError(f"pre-activation of shape {tuple(pre.shape)}, expected "
+                         f"{(du.shape[0], W.shape[1])}")
+    if any_empty(du, C, W):
+        from revgn.ops.coupling import coupling_tangent_ref
+        return coupling_tangent_ref(pre, du, C, W, activation)
+    _, S, _ = _stacked_matmul(du.contiguous(), C, PUSH, act=act, pre=pre.contiguous())
+    return _stacked_matmul(S, W.t(), STORE)[1]
 
 
 @coupling_tangent.register_fake
