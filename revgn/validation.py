@@ -31,26 +31,34 @@ def check_features(x: torch.Tensor, in_features: int, dtype: torch.dtype,
 
 def check_targets(y, n: int, loss: str, num_outputs: int, dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
-    """Class indices (int64, (n,)) for cross-entropy; float targets (n, k) for MSE."""
+    """Targets for ``n`` outputs of width ``num_outputs``: int64 class indices (n,) in
+    [0, num_outputs) for ``cross_entropy``; float (n, num_outputs) for ``mse``, and in [0, 1]
+    for ``bce``. Returns ``y`` on ``device`` (floats in ``dtype``)."""
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
     if loss == "cross_entropy":
         if y.dtype != torch.int64:
-            raise TypeError(f"cross_entropy targets must be int64 class indices; got {y.dtype} "
-                            f"(use y.long(); for soft targets use loss='mse')")
+            raise TypeError(f"cross_entropy targets must be int64 class indices of shape ({n},); "
+                            f"got dtype {y.dtype} (use y.long(); for soft targets use "
+                            f"loss='mse' or 'bce')")
         if y.dim() != 1 or y.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},) to match x; got {tuple(y.shape)}")
+            raise ValueError(f"cross_entropy targets must have shape ({n},) to match the batch; "
+                             f"got {tuple(y.shape)}")
         if n and (int(y.min()) < 0 or int(y.max()) >= num_outputs):
-            raise ValueError(f"labels must lie in [0, {num_outputs}); got range "
-                             f"[{int(y.min())}, {int(y.max())}]")
+            raise ValueError(f"class labels must lie in [0, {num_outputs}) for a model with "
+                             f"{num_outputs} outputs; got range [{int(y.min())}, {int(y.max())}]")
         return y.to(device)
     if not y.is_floating_point():
-        raise TypeError(f"mse targets must be floating point, shape (n, {num_outputs}); "
-                        f"got {y.dtype}")
+        raise TypeError(f"{loss} targets must be floating point of shape ({n}, {num_outputs}); "
+                        f"got dtype {y.dtype} (use y.float())")
     if y.shape != (n, num_outputs):
-        raise ValueError(f"mse targets must have shape ({n}, {num_outputs}); "
-                         f"got {tuple(y.shape)}")
+        raise ValueError(f"{loss} targets must have shape ({n}, {num_outputs}) like the model's "
+                         f"outputs; got {tuple(y.shape)}")
     check_finite_tensor(y, "y")
+    if loss == "bce" and (bool((y < 0).any()) or bool((y > 1).any())):
+        raise ValueError(f"bce targets must lie in [0, 1]; got range [{float(y.min())}, "
+                         f"{float(y.max())}] (the model should output logits, the targets "
+                         f"probabilities)")
     return y.to(device=device, dtype=dtype)
 
 
