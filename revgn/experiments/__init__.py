@@ -34,6 +34,8 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--bottleneck", type=int, default=None)
+    p.add_argument("--width", type=int, default=None,
+                   help="arbel-regimes: hidden units of the student (paper: 5000)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="a CI-sized run (seconds)")
     p.add_argument("--out", required=True)
@@ -56,7 +58,8 @@ def make_config(args) -> dict:
     if args.name == "arbel-regimes":
         cfg.update(teacher_train=500, teacher_test=2000 if quick else 10000,
                    init_stds=[0.1, 3.0] if quick else [0.03, 0.3, 1.0, 3.0, 10.0],
-                   width=100 if quick else 1000, steps=args.epochs or (5 if quick else 100))
+                   width=args.width or (100 if quick else 1000),
+                   steps=args.epochs or (5 if quick else 100))
     return cfg
 
 
