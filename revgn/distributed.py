@@ -39,7 +39,7 @@ from torch import nn
 from revgn.backend import check_backend_name
 from revgn.exact_gn import GNStepResult, NonFiniteStepError
 from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
-from revgn.model import RevMLP, orthonormalize
+from revgn.model import ReversibleStack, RevMLP
 from revgn.ops import coupling_inverse_with_tangent, coupling_tangent, jt_update_
 from revgn.solvers import GRAM_SOLVERS, SolverConfig, gram_rtol_floor, solve_gram
 from revgn.sweep import CouplingReport, TopBlock, relative_residual
@@ -99,7 +99,7 @@ class ShardedBlock(nn.Module):
         self.G = ShardedCoupling(block.G, lo, hi)
 
 
-class ShardedRevMLP(nn.Module):
+class ShardedRevMLP(ReversibleStack):
     """A ``RevMLP`` split over the ranks of ``group`` along every coupling's bottleneck.
 
     Built from a full model that every rank constructed identically (same seed); see
@@ -121,16 +121,6 @@ class ShardedRevMLP(nn.Module):
         self.blocks = nn.ModuleList(ShardedBlock(block, lo, hi) for block in model.blocks)
         #: elements all-reduced so far by ``reduce`` (the payload, not the wire traffic)
         self.reduced_elements = 0
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    def _apply(self, fn, *args, **kwargs):
-        # as RevMLP: keep U^T U = I in the dtype the model runs in (the lift E = e U^T needs it)
-        out = super()._apply(fn, *args, **kwargs)
-        self.U = orthonormalize(self.U)
-        return out
 
     def couplings(self):
         """``(block index, name, sharded coupling)`` in forward order, as ``RevMLP.couplings``."""

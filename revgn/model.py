@@ -85,7 +85,22 @@ class RevBlock(nn.Module):
         return x1, x2
 
 
-class RevMLP(nn.Module):
+class ReversibleStack(nn.Module):
+    """What every reversible model here shares: ``blocks`` and a fixed orthonormal readout ``U``
+    that must stay orthonormal in the dtype the model runs in (the GN lift ``E = e U^T``)."""
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def _apply(self, fn, *args, **kwargs):
+        # A dtype change rounds U; re-orthonormalize so that U^T U = I holds again.
+        out = super()._apply(fn, *args, **kwargs)
+        self.U = orthonormalize(self.U)
+        return out
+
+
+class RevMLP(ReversibleStack):
     """Reversible MLP (Buffelli et al., NeurIPS 2024); see the module docstring.
 
     Only ``W`` and ``b`` of every coupling are parameters; ``C`` and ``U`` are buffers (fixed, saved
@@ -119,17 +134,6 @@ class RevMLP(nn.Module):
             for l in range(depth))
         U, _ = torch.linalg.qr(torch.randn(in_features, num_classes, dtype=torch.float64))
         self.register_buffer("U", U.to(torch.get_default_dtype()))
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    def _apply(self, fn, *args, **kwargs):
-        # A dtype change rounds U; re-orthonormalize so that the lift E = e U^T stays exact
-        # (U^T U = I) in the dtype the model runs in.
-        out = super()._apply(fn, *args, **kwargs)
-        self.U = orthonormalize(self.U)
-        return out
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[0] == 0:
