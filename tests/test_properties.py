@@ -42,10 +42,12 @@ def test_exact_step_realizes_the_output_step(params):
     target = -0.3 * (depth if scaling == "per_block" else 1) * output_step(model(x), y, loss)
     if float(target.norm()) < 1e-12:
         return
-    # an ill-conditioned A~ gives a huge (still exact) update whose jvp loses digits to
-    # cancellation: scale the tolerance with the update's size
+    # An ill-conditioned A~ gives a huge (still exact) update: its jvp loses digits to
+    # cancellation (scale with the update's size), and the Gram solve loses cond(A~)^2 * eps,
+    # which the exactness report must own up to (its residuals bound what the step misses).
     size = max(float(d.abs().max()) for d in deltas)
-    assert rel_err(output_jvp(model, x, deltas), target) < 1e-9 * (10 + size)
+    bound = 1e-9 * (10 + size) + 10 * result.max_residual
+    assert rel_err(output_jvp(model, x, deltas), target) < bound
 
 
 @SETTINGS
