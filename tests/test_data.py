@@ -3,6 +3,7 @@ import gzip
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,81 +11,280 @@ import torch
 
 from revgn import data
 
+# The shared MNIST test set sits beside the repository root (``../shared/data/mnist``).
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
-def write_idx(path, array, magic, compress):
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", s) for s in array.shape)
+
+def write_idx(path, array, magic, compress=False, shape=None):
+    shape = array.shape if shape is None else shape
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", s) for s in shape)
     raw = header + array.astype(np.uint8).tobytes()
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
-@pytest.mark.parametrize("compress", [True, False])
-def test_mnist_idx_test_only_split(tmp_path, compress):
-    images = np.random.randint(0, 256, (30, 28, 28))
-    labels = np.random.randint(0, 10, 30)
+def write_mnist(folder, n, prefix="t10k", compress=False, seed=0):
+    rng = np.random.default_rng(seed)
+    images, labels = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
     suffix = ".gz" if compress else ""
-    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", images, 2051, compress)
-    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", labels, 2049, compress)
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, 2051, compress)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, 2049, compress)
+    return images, labels
+
+
+def mnist_normalized(images):
+    return (torch.tensor(images, dtype=torch.float32).reshape(len(images), -1) / 255
+            - 0.1307) / 0.3081
+
+
+# -- MNIST ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_mnist_test_only_folder_is_split_with_a_warning(tmp_path, compress):
+    images, labels = write_mnist(tmp_path, 30, compress=compress)
     with pytest.warns(UserWarning, match="only the MNIST test split"):
         ds = data.load_mnist(tmp_path, n_train_if_test_only=20)
     assert ds.x_train.shape == (20, 784) and ds.x_test.shape == (10, 784)
-    expected = (torch.tensor(images[0], dtype=torch.float32).reshape(-1) / 255 - 0.1307) / 0.3081
-    assert torch.allclose(ds.x_train[0], expected)
-    assert ds.y_test.tolist() == labels[20:].tolist()
+    assert torch.allclose(ds.x_train, mnist_normalized(images[:20]))
+    assert torch.allclose(ds.x_test, mnist_normalized(images[20:]))
+    assert ds.y_train.tolist() == labels[:20].tolist()
+    assert ds.y_test.tolist() == labels[20:].tolist() and ds.y_test.dtype == torch.int64
+    assert "first 20" in ds.notes[0] and ds.num_classes == 10
 
 
-def test_mnist_bad_header(tmp_path):
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28)), 2049, False)
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2), 2049, False)
-    with pytest.raises(ValueError, match="magic"):
+def test_mnist_train_and_test_files(tmp_path, recwarn):
+    train_images, train_labels = write_mnist(tmp_path, 12, prefix="train", seed=1)
+    test_images, _ = write_mnist(tmp_path, 5, compress=True, seed=2)
+    ds = data.load_mnist(tmp_path)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    assert torch.allclose(ds.x_train, mnist_normalized(train_images))
+    assert torch.allclose(ds.x_test, mnist_normalized(test_images))
+    assert ds.y_train.tolist() == train_labels.tolist()
+
+
+def test_mnist_rejects_a_wrong_magic(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28)), 2049, shape=(2, 28, 28))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2), 2049)
+    with pytest.raises(ValueError, match="magic 2049, expected 2051"):
         data.load_mnist(tmp_path)
 
 
-def _cifar_batch(path, n):
-    batch = {b"data": np.random.randint(0, 256, (n, 3072), dtype=np.uint8),
-             b"labels": list(np.random.randint(0, 10, n))}
-    path.write_bytes(pickle.dumps(batch))
+def test_mnist_rejects_a_count_that_disagrees_with_the_data(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28)), 2051, shape=(4, 28, 28))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3), 2049)
+    with pytest.raises(ValueError, match="promises 3136 bytes"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_rejects_mismatched_images_and_labels(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28)), 2051)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4), 2049)
+    with pytest.raises(ValueError, match="3 images but .* 4 labels"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_rejects_other_image_sizes_and_bad_labels(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 8, 8)), 2051)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3), 2049)
+    with pytest.raises(ValueError, match="8x8"):
+        data.load_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28)), 2051)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 12]), 2049)
+    with pytest.raises(ValueError, match="label 12"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_rejects_truncated_files(tmp_path):
+    write_mnist(tmp_path, 4, compress=True)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        data.load_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08")
+    with pytest.raises(ValueError, match="too short"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        data.load_mnist(tmp_path)
+    write_mnist(tmp_path, 4)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 28, 28)), 2051)
+    with pytest.raises(FileNotFoundError, match="only one of train"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_split_larger_than_the_file_is_refused(tmp_path):
+    write_mnist(tmp_path, 10)
+    with pytest.raises(ValueError, match="cannot split 10"):
+        data.load_mnist(tmp_path, n_train_if_test_only=10)
+
+
+def test_default_mnist_dir_honors_the_environment(tmp_path, monkeypatch):
+    write_mnist(tmp_path, 3)
+    monkeypatch.setenv("REVGN_MNIST_DIR", str(tmp_path))
+    assert data.default_mnist_dir() == tmp_path
+    monkeypatch.setenv("REVGN_MNIST_DIR", str(tmp_path / "nowhere"))
+    expected = SHARED_MNIST if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists() else None
+    assert data.default_mnist_dir() == expected
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists()
+                    and not os.environ.get("REVGN_MNIST_DIR"),
+                    reason="the shared MNIST test set is not beside this checkout")
+def test_real_mnist_test_set():
+    folder = Path(os.environ.get("REVGN_MNIST_DIR") or SHARED_MNIST)
+    with pytest.warns(UserWarning, match="first 8000"):
+        ds = data.load_dataset("mnist", data_dir=folder)
+    assert ds.x_train.shape == (8000, 784) and ds.x_test.shape == (2000, 784)
+    counts = torch.bincount(torch.cat([ds.y_train, ds.y_test]), minlength=10)
+    assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    pixels = torch.cat([ds.x_train, ds.x_test]) * 0.3081 + 0.1307
+    assert float(pixels.mean()) == pytest.approx(0.1325, abs=5e-4)
+    assert float(pixels.std()) == pytest.approx(0.3105, abs=5e-4)
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------
+
+def write_cifar_batch(path, n, protocol=pickle.DEFAULT_PROTOCOL, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = {b"batch_label": b"training batch 1 of 5",
+             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": [int(v) for v in rng.integers(0, 10, n)],
+             b"filenames": [b"img%d.png" % i for i in range(n)]}
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
     return batch
 
 
-def test_cifar_batches(tmp_path):
-    train = _cifar_batch(tmp_path / "data_batch_1", 6)
-    _cifar_batch(tmp_path / "test_batch", 4)
-    ds = data.load_cifar10(tmp_path)
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_every_pickle_protocol(tmp_path, protocol):
+    train = write_cifar_batch(tmp_path / "data_batch_1", 6, protocol, seed=1)
+    test = write_cifar_batch(tmp_path / "test_batch", 4, protocol, seed=2)
+    with pytest.warns(UserWarning, match="only 1 of the 5"):
+        ds = data.load_cifar10(tmp_path)
     assert ds.x_train.shape == (6, 3072) and ds.x_test.shape == (4, 3072)
-    red = torch.tensor(train[b"data"][0, :1024], dtype=torch.float32) / 255
-    assert torch.allclose(ds.x_train[0, :1024], (red - 0.4914) / 0.2470)
+    assert ds.y_train.tolist() == train[b"labels"] and ds.y_test.tolist() == test[b"labels"]
+    pixels = torch.tensor(train[b"data"], dtype=torch.float32).reshape(6, 3, 1024) / 255
+    for c, (mean, std) in enumerate(zip(data.CIFAR_MEAN, data.CIFAR_STD)):
+        assert torch.allclose(ds.x_train[:, c * 1024:(c + 1) * 1024], (pixels[:, c] - mean) / std)
+
+
+def test_cifar_numpy_scalars_and_batches_folder(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        write_cifar_batch(folder / f"data_batch_{i}", 2, seed=i)
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": list(np.arange(3))}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))  # numpy int64 labels
+    ds = data.load_cifar10(tmp_path)
+    assert ds.x_train.shape == (10, 3072) and ds.y_test.tolist() == [0, 1, 2]
 
 
 class _Exploit:
+    def __init__(self, fn, arg):
+        self.fn, self.arg = fn, arg
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (self.fn, (self.arg,))
 
 
-def test_cifar_reader_refuses_code(tmp_path):
-    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}))
-    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}))
+@pytest.mark.parametrize("fn,arg", [(os.system, "echo pwned > /dev/null"), (eval, "1 + 1"),
+                                    (np.load, "x.npy")])
+def test_cifar_reader_refuses_code(tmp_path, fn, arg):
+    payload = {b"data": _Exploit(fn, arg), b"labels": []}
+    for name in ("data_batch_1", "test_batch"):
+        (tmp_path / name).write_bytes(pickle.dumps(payload))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         data.load_cifar10(tmp_path)
 
 
-def test_teacher_student_shapes_and_determinism():
-    a, b = data.teacher_student(seed=3), data.teacher_student(seed=3)
-    assert a.x_train.shape == (500, 10) and a.y_test.shape == (10000, 1)
-    assert torch.equal(a.y_train, b.y_train) and a.num_classes is None
+def test_cifar_reader_refuses_other_codecs(tmp_path):
+    # _codecs.encode is allowed only as the latin-1 bytes constructor of protocols 0-2
+    import _codecs
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(
+        {b"data": _ExploitArgs(_codecs.encode, ("x", "rot13"))}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="rot13"):
+        data.read_cifar_batch(tmp_path / "data_batch_1")
 
 
-def test_digits():
-    ds = data.load_dataset("digits")
+class _ExploitArgs:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+@pytest.mark.parametrize("batch,match", [
+    ([1, 2], "expected a dict"),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "missing"),
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"\(n, 3072\)"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "labels of shape"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "outside 0..9"),
+])
+def test_cifar_malformed_batches(tmp_path, batch, match):
+    (tmp_path / "b").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=match):
+        data.read_cifar_batch(tmp_path / "b")
+
+
+def test_cifar_truncated_batch(tmp_path):
+    write_cifar_batch(tmp_path / "b", 3)
+    (tmp_path / "b").write_bytes((tmp_path / "b").read_bytes()[:500])
+    with pytest.raises((ValueError, pickle.UnpicklingError)):
+        data.read_cifar_batch(tmp_path / "b")
+
+
+# -- digits, teacher, batches, load_dataset ----------------------------------------------------
+
+def test_digits_split_and_normalization():
+    ds = data.load_dataset("digits", seed=1)
     assert ds.in_features == 64 and ds.num_classes == 10
-    assert len(ds.x_train) + len(ds.x_test) == 1797
+    assert len(ds.x_train) == 1438 and len(ds.x_test) == 359
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1)).numpy()
+    X, y = X[perm] / 16, y[perm]
+    mean, std = X[:1438].mean(0), X[:1438].std(0, ddof=1) + 0.01
+    assert np.allclose(ds.x_train.numpy(), (X[:1438] - mean) / std, atol=1e-5)
+    assert np.allclose(ds.x_test.numpy(), (X[1438:] - mean) / std, atol=1e-5)
+    assert ds.y_test.tolist() == y[1438:].tolist()
+    assert ds.x_train.mean(0).abs().max() < 1e-5
+    other = data.load_dataset("digits", seed=2)
+    assert not torch.equal(ds.y_test, other.y_test)
 
 
-def test_real_mnist_test_set():
-    folder = data.default_mnist_dir()
-    if folder is None:
-        pytest.skip("the MNIST test set is not beside this checkout")
-    with pytest.warns(UserWarning):
-        ds = data.load_dataset("mnist")
-    assert ds.x_train.shape == (8000, 784) and ds.x_test.shape == (2000, 784)
-    counts = torch.bincount(torch.cat([ds.y_train, ds.y_test]), minlength=10)
-    assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+def test_teacher_student_is_the_relu_teacher():
+    a, b = data.teacher_student(seed=3), data.teacher_student(seed=3)
+    assert a.x_train.shape == (500, 10) and a.y_train.shape == (500, 1)
+    assert a.x_test.shape == (10000, 10) and a.num_classes is None
+    assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_test, b.x_test)
+    assert not torch.equal(a.y_train, data.teacher_student(seed=4).y_train)
+    # the mean of five unit-norm ReLU units: E relu(w . x) = 1 / sqrt(2 pi) for each
+    assert float(a.y_train.min()) >= 0
+    assert float(a.y_test.mean()) == pytest.approx((2 * np.pi) ** -0.5, abs=0.02)
+    small = data.load_dataset("teacher", n_train=7, n_test=3, dim=4, teacher_units=2)
+    assert small.x_train.shape == (7, 4) and small.y_test.shape == (3, 1)
+
+
+def test_batches_cover_every_example_and_are_seeded():
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    runs = [[yb.tolist() for _, yb in data.batches(x, y, 4, torch.Generator().manual_seed(5))]
+            for _ in range(2)]
+    assert runs[0] == runs[1] and [len(b) for b in runs[0]] == [4, 4, 2]
+    assert sorted(sum(runs[0], [])) == list(range(10))
+    gen = torch.Generator().manual_seed(5)
+    first, second = ([yb.tolist() for _, yb in data.batches(x, y, 10, gen)] for _ in range(2))
+    assert first != second  # a new permutation every epoch
+    assert [yb.tolist() for _, yb in data.batches(x, y, 6, shuffle=False)] == \
+        [list(range(6)), list(range(6, 10))]
+    with pytest.raises(ValueError):
+        next(data.batches(x, y, 0))
+
+
+def test_load_dataset_errors():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load_dataset("imagenet")
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        data.load_dataset("cifar10")
