@@ -1,59 +1,94 @@
-"""Diagnostics of the lazy vs feature-learning regimes (DESIGN §5).
+"""Diagnostics of the lazy vs feature-learning regimes (DESIGN §5, Buffelli et al. Figs. 3-4).
 
-- ``empirical_ntk``: ``Theta = J J^T`` on a probe batch, ``J = d f / d theta`` (n k x P);
-  ``ntk_similarity`` is the kernel alignment ``<Theta_0, Theta_t>_F / (|Theta_0| |Theta_t|)``
-  (``ntk_distance = 1 - similarity``, Fort et al. 2020).
-- ``linear_cka``: centered kernel alignment with linear kernels (Kornblith et al. 2019),
-  ``||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)``; ``block_cka`` compares each block's
-  output with the same block at initialization.
-- ``batch_loss_change``: percent change of the loss on the batch a step was taken on.
-- ``weight_cosine``: cosine between current and initial weights, per coupling.
+- Empirical NTK on a probe batch of ``n`` inputs, model outputs ``f in R^{n x k}``:
+  ``Theta = J J^T`` (``nk x nk``), ``J = d vec(f) / d theta`` with rows ordered sample-major
+  (row ``i k + c`` is output ``c`` of sample ``i``).
+- Kernel similarity (alignment, cosine in Frobenius geometry) and Fort et al.'s (2020) kernel
+  distance:  ``sim(K0, K1) = <K0, K1>_F / (||K0||_F ||K1||_F)``,  ``dist = 1 - sim``;
+  kernel velocity between checkpoints ``t < t'``: ``dist(K_t, K_t') / (t' - t)``.
+- Linear CKA (Kornblith et al. 2019) of representations ``X (n x p)``, ``Y (n x q)``, with
+  ``H = I - 11^T/n``:
+  ``CKA = HSIC(XX^T, YY^T) / sqrt(HSIC(XX^T, XX^T) HSIC(YY^T, YY^T))``,
+  ``HSIC(K, L) = tr(K H L H)``, computed as ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``
+  with column-centered ``Xc = H X``, ``Yc = H Y``.
+- Per-batch loss change (Fig. 3): ``100 (L_after - L_before) / L_before`` on the batch the step
+  was taken on.
+- Weight cosine to initialization: ``<theta, theta_0> / (||theta|| ||theta_0||)`` per coupling,
+  per block and overall.
 """
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 
 
-def _named(model):
+def _trainable(model):
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def empirical_ntk(model, x: torch.Tensor) -> torch.Tensor:
-    """``J J^T`` (n k x n k), rows ordered sample-major; accumulated one parameter at a time so
-    that only one block of the Jacobian exists at once."""
-    named = _named(model)
+    """``Theta = J J^T = sum_p J_p J_p^T`` over the trainable parameters ``p`` of ``model`` on
+    the probe batch ``x``; one parameter's Jacobian ``J_p`` (``nk x numel(p)``) exists at a time.
+    Outputs with more than two dimensions are flattened per sample."""
+    named = _trainable(model)
+    if not named:
+        raise ValueError("the model has no trainable parameters")
     params = {n: p.detach() for n, p in named}
     theta = None
-    for name, _ in named:
+    for name in params:
         def f(p, name=name):
-            return torch.func.functional_call(model, {**params, name: p}, (x,))
-        block = torch.func.jacrev(f)(params[name])          # (n, k, *shape)
-        block = block.reshape(block.shape[0] * block.shape[1], -1)
-        term = block @ block.t()
+            out = torch.func.functional_call(model, {**params, name: p}, (x,))
+            return out.reshape(out.shape[0], -1)
+        jac = torch.func.jacrev(f)(params[name])              # (n, k, *p.shape)
+        jac = jac.reshape(jac.shape[0] * jac.shape[1], -1)
+        term = jac @ jac.t()
         theta = term if theta is None else theta + term
     return theta
 
 
 def ntk_similarity(K0: torch.Tensor, K1: torch.Tensor) -> float:
+    """``<K0, K1>_F / (||K0||_F ||K1||_F)``: 1 when the kernels are proportional; in [0, 1] for
+    positive semi-definite kernels."""
+    K0, K1 = K0.to(torch.float64), K1.to(torch.float64)
     return float((K0 * K1).sum() / (K0.norm() * K1.norm()))
 
 
 def ntk_distance(K0: torch.Tensor, K1: torch.Tensor) -> float:
+    """Fort et al.'s kernel distance ``1 - ntk_similarity(K0, K1)``."""
     return 1.0 - ntk_similarity(K0, K1)
 
 
+def kernel_velocity(kernels, times) -> list[float]:
+    """Rate of change of the kernel between consecutive checkpoints:
+    ``dist(K_j, K_{j+1}) / (t_{j+1} - t_j)`` (Fort et al.'s kernel velocity)."""
+    kernels, times = list(kernels), list(times)
+    if len(kernels) != len(times):
+        raise ValueError(f"{len(kernels)} kernels but {len(times)} times")
+    return [ntk_distance(a, b) / (t1 - t0)
+            for a, b, t0, t1 in zip(kernels, kernels[1:], times, times[1:])]
+
+
 def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> float:
+    """Linear CKA of two representations of the same ``n`` examples (rows); invariant to
+    orthogonal transforms and isotropic scaling of either. NaN when either is constant."""
     X = X.reshape(X.shape[0], -1).to(torch.float64)
     Y = Y.reshape(Y.shape[0], -1).to(torch.float64)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows, Y {Y.shape[0]}")
     X = X - X.mean(0)
     Y = Y - Y.mean(0)
-    hsic = (Y.t() @ X).pow(2).sum()
-    return float(hsic / ((X.t() @ X).norm() * (Y.t() @ Y).norm()))
+    denominator = (X.t() @ X).norm() * (Y.t() @ Y).norm()
+    if denominator == 0:
+        return math.nan
+    return float((Y.t() @ X).pow(2).sum() / denominator)
 
 
 @torch.no_grad()
 def block_cka(model, model_init, x) -> list[float]:
-    """CKA of every block's output stream against the same block at initialization."""
+    """``[CKA(X_l(theta), X_l(theta_0)) for l = 1..L]``: each block's output stream on ``x``
+    against the same block of the model at initialization (``block_outputs``)."""
     return [linear_cka(a, b) for a, b in zip(model.block_outputs(x), model_init.block_outputs(x))]
 
 
@@ -62,19 +97,37 @@ def batch_loss_change(loss_before: float, loss_after: float) -> float:
     return 100.0 * (loss_after - loss_before) / loss_before
 
 
-def _cosine(a, b):
+def measure_batch_loss_change(model, loss_fn: Callable, step: Callable, x, y) -> dict:
+    """Take ``step(x, y)`` and report the loss on that same batch before and after it:
+    ``{"before", "after", "percent"}``. ``loss_fn(outputs, y)`` returns a scalar tensor."""
+    with torch.no_grad():
+        before = float(loss_fn(model(x), y))
+    step(x, y)
+    with torch.no_grad():
+        after = float(loss_fn(model(x), y))
+    return dict(before=before, after=after, percent=batch_loss_change(before, after))
+
+
+def _cosine(a, b) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def _coupling_vector(c) -> torch.Tensor:
+    return torch.cat([c.W.reshape(-1)] + ([c.b.reshape(-1)] if c.b is not None else []))
 
 
 @torch.no_grad()
 def weight_cosine(model, model_init) -> dict:
-    """``{"block{l}.{F|G}": cosine, ..., "all": cosine}`` over each coupling's ``[W, b]``."""
-    out, now_all, init_all = {}, [], []
+    """Cosine between current and initial ``[W, b]``: ``"block{l}.{F|G}"`` per coupling,
+    ``"block{l}"`` per block (both couplings' vectors joined), ``"all"`` over every coupling."""
+    out, per_block = {}, {}
     for (l, name, c), (_, _, c0) in zip(model.couplings(), model_init.couplings()):
-        now = torch.cat([c.W.reshape(-1)] + ([c.b] if c.b is not None else []))
-        init = torch.cat([c0.W.reshape(-1)] + ([c0.b] if c0.b is not None else []))
+        now, init = _coupling_vector(c).double(), _coupling_vector(c0).double()
         out[f"block{l}.{name}"] = _cosine(now, init)
-        now_all.append(now)
-        init_all.append(init)
-    out["all"] = _cosine(torch.cat(now_all), torch.cat(init_all))
+        per_block.setdefault(l, []).append((now, init))
+    for l, pairs in per_block.items():
+        out[f"block{l}"] = _cosine(torch.cat([a for a, _ in pairs]),
+                                   torch.cat([b for _, b in pairs]))
+    every = [pair for pairs in per_block.values() for pair in pairs]
+    out["all"] = _cosine(torch.cat([a for a, _ in every]), torch.cat([b for _, b in every]))
     return out
