@@ -1,46 +1,142 @@
-"""The experiments' --quick variants: schema of results.json and the figures."""
+"""The experiments' --quick variants: results.json schema, figures, resuming, and the pieces."""
 import json
 
 import pytest
 
 from revgn.experiments import main
+from revgn.experiments.config import build_parser, make_config
+from revgn.experiments.progress import Progress
+from revgn.experiments.registry import EXPERIMENTS
+from revgn.experiments.store import Job, run_jobs
+
+ROW_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
 
 
 def _check(out, optimizers):
     result = json.loads((out / "results.json").read_text())
-    assert result["experiment"] and result["config"]["quick"]
-    assert {r["optimizer"] for r in result["runs"]} >= set(optimizers)
+    assert {"experiment", "config", "runs", "figures", "seconds"} <= set(result)
+    assert result["config"]["quick"] and result["config"]["notes"]
+    assert {r["optimizer"] for r in result["runs"]} == set(optimizers)
     for run in result["runs"]:
-        assert "seed" in run and run["history"]
+        assert {"optimizer", "seed", "label", "lr", "history", "settings"} <= set(run)
+        epochs = [row["epoch"] for row in run["history"]]
+        assert epochs == sorted(epochs) and epochs[0] == 0
         for row in run["history"]:
-            assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc"} <= set(row)
+            assert ROW_KEYS <= set(row)
+            assert row["train_loss"] >= 0 and row["test_loss"] >= 0
+    assert result["figures"]
     for fig in result["figures"]:
-        assert (out / fig).stat().st_size > 1000
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / fig).stat().st_size > 5000
+    assert len(list((out / "runs").glob("*.json"))) == len(result["runs"])
     return result
 
 
-@pytest.mark.parametrize("name,optimizers", [
-    ("fullbatch", ["gn", "adam", "sgd"]),
-    ("ntk-cka", ["gn", "adam"]),
-    ("switch", ["gn", "adam"]),
-    ("arbel-regimes", ["gn", "gd"]),
-])
-def test_quick_experiment(tmp_path, name, optimizers, capsys):
-    assert main([name, "--quick", "--out", str(tmp_path)]) == 0
-    result = _check(tmp_path, optimizers)
-    assert result["figures"]
-    assert "final epoch" in capsys.readouterr().out or name == "arbel-regimes"
-    if name == "ntk-cka":
-        last = result["runs"][0]["history"][-1]
+def test_quick_fullbatch(tmp_path, capsys):
+    assert main(["fullbatch", "--quick", "--out", str(tmp_path)]) == 0
+    result = _check(tmp_path, ["gn", "adam", "sgd"])
+    assert "curves.png" in result["figures"]
+    assert result["full_batch_examples"] == 1024
+    out = capsys.readouterr().out
+    assert "fullbatch on digits" in out and "gn" in out and "sgd" in out
+    for run in result["runs"]:
+        first, last = run["history"][0], run["history"][-1]
+        assert last["epoch"] == 2 and 0 <= last["test_acc"] <= 1
+        assert run["settings"]["spec"]["batch_size"] is None  # one full batch per epoch
+        if run["optimizer"] == "gn":  # two full-batch GN steps lower the training loss
+            assert last["train_loss"] < first["train_loss"]
+            assert 0 <= last["exact_fraction"] <= 1
+
+
+def test_quick_ntk_cka(tmp_path):
+    assert main(["ntk-cka", "--quick", "--out", str(tmp_path)]) == 0
+    result = _check(tmp_path, ["gn", "adam"])
+    assert "diagnostics.png" in result["figures"]
+    for run in result["runs"]:
+        first, last = run["history"][0], run["history"][-1]
+        assert first["ntk_similarity"] == pytest.approx(1.0)
+        assert first["cka"] == pytest.approx([1, 1])
         assert 0 < last["ntk_similarity"] <= 1 and len(last["cka"]) == 2
+        assert last["ntk_velocity"] >= 0
 
 
-def test_rerun_resumes_finished_runs(tmp_path, capsys):
-    main(["batch-loss-change", "--quick", "--out", str(tmp_path)])
+def test_quick_arbel_regimes(tmp_path, capsys):
+    assert main(["arbel-regimes", "--quick", "--out", str(tmp_path)]) == 0
+    result = _check(tmp_path, ["gn", "gd"])
+    assert result["figures"] == ["arbel.png"] and result["config"]["dataset"] == "teacher"
+    assert {r["init_std"] for r in result["runs"]} == set(result["config"]["init_stds"])
+    for run in result["runs"]:
+        assert run["history"][-1]["train_loss"] < run["history"][0]["train_loss"]
+        assert run["refit_test_loss"] == run["history"][-1]["refit_test_loss"] > 0
+        assert run["history"][-1]["test_acc"] is None
+    assert "arbel-regimes" in capsys.readouterr().out
+
+
+def test_rerun_resumes_and_reruns_changed_settings(tmp_path, capsys):
+    args = ["batch-loss-change", "--quick", "--out", str(tmp_path)]
+    main(args)
     first = json.loads((tmp_path / "results.json").read_text())
+    assert all(len(r["batch_loss_change"]) == 8 for r in first["runs"])  # 512/128 x 2 epochs
     stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
-    main(["batch-loss-change", "--quick", "--out", str(tmp_path)])
+    main(args)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == stamp
-    again = json.loads((tmp_path / "results.json").read_text())
-    assert again["runs"] == first["runs"]
-    assert all("batch_loss_change" in r for r in again["runs"])
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == first["runs"]
+    capsys.readouterr()
+    main(args + ["--adam-lr", "0.01"])  # only the Adam run's settings changed
+    assert "rerunning adam-seed0" in capsys.readouterr().err
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    assert after["gn-seed0.json"] == stamp["gn-seed0.json"]
+    assert after["adam-seed0.json"] != stamp["adam-seed0.json"]
+    third = json.loads((tmp_path / "results.json").read_text())
+    assert [r["lr"] for r in third["runs"]] == [0.1, 0.01]
+
+
+def test_run_jobs_stores_settings_and_refuses_duplicate_keys(tmp_path):
+    calls = []
+
+    def fn(progress):
+        calls.append(1)
+        progress.update(1)
+        return dict(history=[], value=len(calls))
+    progress = Progress(2, "t", enabled=False)
+    jobs = [Job("a", dict(x=(1, 2)), fn), Job("b", dict(x=3), fn)]
+    results = run_jobs(jobs, str(tmp_path), progress)
+    assert [r["settings"] for r in results] == [dict(x=[1, 2]), dict(x=3)]
+    assert run_jobs(jobs, str(tmp_path), progress) == results and len(calls) == 2
+    with pytest.raises(ValueError, match="duplicate"):
+        run_jobs([Job("a", {}, fn), Job("a", {}, fn)], str(tmp_path), progress)
+
+
+def _config(*argv):
+    return make_config(build_parser(tuple(EXPERIMENTS) + ("arbel-regimes",)).parse_args(
+        list(argv) + ["--out", "x"]))
+
+
+def test_configs_every_experiment_builds_its_runs():
+    for name, make in EXPERIMENTS.items():
+        cfg = _config(name)
+        specs, extra = make(cfg)
+        assert specs and len({s.key for s in specs}) == len(specs), name
+        assert {s.seed for s in specs} == {42, 43, 44}
+    paper = _config("fullbatch", "--paper", "--dataset", "cifar10")
+    assert paper["model"] == dict(depth=6, bottleneck=8000, init_std=1e-3)
+    assert paper["adam_lr"] == 1e-5 and paper["sgd_lr"] == 0.01 and paper["epochs"] == 100
+    assert _config("minibatch", "--paper", "--dataset", "mnist")["adam_lr"] == 1e-4
+    cfg = _config("lr", "--gn-lr", "0.3")  # the lr sweep keeps its own grid
+    assert sorted({s.lr for s in EXPERIMENTS["lr"](cfg)[0]}) == [0.01, 0.1, 0.5, 1.0]
+    assert {s.lr for s in EXPERIMENTS["minibatch"](cfg)[0] if s.optimizer == "gn"} == {0.3}
+    with pytest.raises(SystemExit):
+        _config("fullbatch", "--quick", "--paper")
+
+
+def test_progress_bar_only_on_terminals():
+    import io
+    stream = io.StringIO()
+    bar = Progress(4, "exp", stream=stream)
+    bar.update(2, "half")
+    assert not bar.enabled and stream.getvalue() == ""  # StringIO is not a terminal
+    bar = Progress(4, "exp", stream=stream, enabled=True)
+    bar.update(2, "half")
+    bar.close()
+    assert "exp [###############---------------] 2/4" in stream.getvalue()
+    assert stream.getvalue().endswith("\n")

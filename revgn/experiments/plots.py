@@ -1,9 +1,13 @@
-"""Figures: train/test curves with seed bands, and diagnostic panels."""
+"""Figures (matplotlib, Agg): train/test curves with seed bands, diagnostic panels, the per-batch
+loss change, and Arbel et al.'s init-scale sweep. Each function writes one PNG and returns
+whether it drew anything."""
 from __future__ import annotations
 
-import collections
+import os
 
 import numpy as np
+
+from revgn.experiments.report import grouped
 
 
 def _plt():
@@ -13,113 +17,146 @@ def _plt():
     return plt
 
 
-def _grouped(runs, key):
-    groups = collections.OrderedDict()
-    for run in runs:
-        if all(key in row and row[key] is not None for row in run["history"]):
-            groups.setdefault(run["label"], []).append(run)
-    return groups
+def _series(run, get):
+    rows = [row for row in run["history"] if get(row) is not None]
+    return [row["epoch"] for row in rows], [get(row) for row in rows]
 
 
-def _band(ax, runs, key, label):
-    epochs = [row["epoch"] for row in runs[0]["history"]]
-    values = np.array([[row[key] for row in run["history"]] for run in runs], dtype=float)
-    mean = values.mean(0)
-    line, = ax.plot(epochs, mean, label=label)
+def _band(ax, runs, get, label, log=False):
+    """Mean over seeds, shaded between the seeds' minimum and maximum."""
+    epochs, _ = _series(runs[0], get)
+    values = np.array([_series(r, get)[1] for r in runs], dtype=float)
+    if values.size == 0:
+        return
+    line, = ax.plot(epochs, values.mean(0), label=label)
     if len(runs) > 1:
         ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.25, color=line.get_color())
+    if log:
+        ax.set_yscale("log")
 
 
-def curves(result, path):
-    """Train and test loss (and accuracy when there is one) against epochs, one line per
-    optimizer, shaded between the seeds' minimum and maximum."""
-    plt = _plt()
-    keys = ["train_loss", "test_loss"]
-    if all(row.get("test_acc") is not None for run in result["runs"] for row in run["history"]):
-        keys.append("test_acc")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        for label, runs in _grouped(result["runs"], key).items():
-            _band(ax, runs, key, label)
-        ax.set_xlabel("epoch")
-        ax.set_title(key.replace("_", " "))
-        if "loss" in key:
-            ax.set_yscale("log")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(f"{result['experiment']} ({result['config']['dataset']})", fontsize=10)
+def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def diagnostics_panels(result, path):
-    """NTK similarity to init, per-block CKA to init, weight cosine: whichever were tracked."""
-    plt = _plt()
-    runs = result["runs"]
-    panels = []
-    if any("ntk_similarity" in r["history"][-1] for r in runs):
-        panels.append(("ntk_similarity", "NTK similarity to init"))
-    if any("cka" in r["history"][-1] for r in runs):
-        panels.append(("cka", "CKA of each block to init"))
-    if any("weight_cosine" in r["history"][-1] for r in runs):
-        panels.append(("weight_cosine", "weight cosine to init"))
-    if not panels:
-        return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3))
-    for ax, (key, title) in zip(np.atleast_1d(axes), panels):
-        for label, group in _grouped(runs, key).items():
-            if key == "cka":
-                blocks = len(group[0]["history"][0]["cka"])
-                for b in range(blocks):
-                    epochs = [row["epoch"] for row in group[0]["history"]]
-                    values = np.mean([[row["cka"][b] for row in r["history"]] for r in group], 0)
-                    ax.plot(epochs, values, label=f"{label} block {b + 1}")
-            else:
-                _band(ax, group, key, label)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plt().close(fig)
     return True
 
 
-def batch_change_hist(result, path):
+def curves(result, path) -> bool:
+    """Train and test loss (and test accuracy for classification) against epochs."""
     plt = _plt()
-    runs = [r for r in result["runs"] if "batch_loss_change" in r]
-    if not runs:
+    runs = result["runs"]
+    keys = ["train_loss", "test_loss"]
+    if all(row.get("test_acc") is not None for r in runs for row in r["history"]):
+        keys.append("test_acc")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, group in grouped(runs).items():
+            _band(ax, group, lambda row, key=key: row.get(key), label, log="loss" in key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{result['experiment']} ({result['config']['dataset']})", fontsize=10)
+    return _save(fig, path)
+
+
+def diagnostics_panels(result, path) -> bool:
+    """NTK similarity to init, kernel velocity, per-block CKA to init, weight cosine to init:
+    whichever were tracked."""
+    runs = result["runs"]
+    tracked = {k for r in runs for k in r["history"][-1]}
+    panels = [(k, t) for k, t in (("ntk_similarity", "NTK similarity to init"),
+                                  ("ntk_velocity", "NTK velocity (distance / epoch)"),
+                                  ("cka", "linear CKA of each block to init"),
+                                  ("weight_cosine", "weight cosine to init"))
+              if k in tracked]
+    if not panels:
         return False
-    fig, ax = plt.subplots(figsize=(4.6, 3.3))
-    by = collections.defaultdict(list)
-    for r in runs:
-        by[r["label"]] += r["batch_loss_change"]
-    for label, values in by.items():
-        ax.plot(np.arange(len(values)), values, lw=0.8, label=label)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for label, group in grouped(runs).items():
+            if key == "cka":
+                for b in range(len(group[0]["history"][0]["cka"])):
+                    _band(ax, group, lambda row, b=b: row["cka"][b], f"{label} block {b + 1}")
+            elif key == "weight_cosine":
+                _band(ax, group, lambda row: row["weight_cosine"]["all"], label)
+            else:
+                _band(ax, group, lambda row, key=key: row.get(key), label,
+                      log=key == "ntk_velocity")
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def batch_change(result, path) -> bool:
+    """Percent loss change on the batch each step was taken on, against the step (mean over
+    seeds; with 50 steps or more also a running mean over 10 steps)."""
+    groups = {label: [r["batch_loss_change"] for r in group if "batch_loss_change" in r]
+              for label, group in grouped(result["runs"]).items()}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.3))
+    for label, series in groups.items():
+        n = min(len(s) for s in series)
+        mean = np.mean([s[:n] for s in series], axis=0)
+        line, = ax.plot(np.arange(n), mean, lw=0.6, alpha=0.35 if n >= 50 else 1.0,
+                        marker="." if n < 50 else None, label=label)
+        if n >= 50:  # a running mean over 10 steps, on top of the raw series
+            smooth = np.convolve(mean, np.ones(10) / 10, mode="valid")
+            ax.plot(np.arange(9, n), smooth, lw=1.2, color=line.get_color())
+    ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss change on the step's batch (%)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
-def arbel_panel(result, path):
+def arbel(result, path) -> bool:
+    """Left: final test MSE and the refit readout's test MSE against the init std. Right: test
+    MSE against steps (mean over seeds), colored by init std, one line style per run group."""
+    runs = result["runs"]
+    if not runs:
+        return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for opt in ("gn", "gd"):
-        rows = [r for r in result["runs"] if r["optimizer"] == opt]
-        stds = sorted({r["init_std"] for r in rows})
-        test = [np.mean([r["history"][-1]["test_loss"] for r in rows if r["init_std"] == s])
-                for s in stds]
-        refit = [np.mean([r["refit_test_loss"] for r in rows if r["init_std"] == s]) for s in stds]
-        line, = ax.loglog(stds, test, "o-", label=f"{opt} test")
-        ax.loglog(stds, refit, "s--", color=line.get_color(), label=f"{opt} last-layer refit")
-    ax.set_xlabel("hidden-layer init std")
-    ax.set_ylabel("test MSE")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    groups = grouped(runs, "group")
+    stds = sorted({r["init_std"] for r in runs})
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(stds)))
+    styles = ["-", "--", ":", "-."]
+    for (group, members), style in zip(groups.items(), styles * len(groups)):
+        at = {s: [r for r in members if r["init_std"] == s] for s in stds}
+        test = [np.mean([r["history"][-1]["test_loss"] for r in at[s]]) for s in stds]
+        refit = [np.mean([r["refit_test_loss"] for r in at[s]]) for s in stds]
+        line, = left.loglog(stds, test, "o-", label=f"{group} test")
+        left.loglog(stds, refit, "s--", color=line.get_color(), label=f"{group} refit readout")
+        for s, color in zip(stds, colors):
+            epochs, _ = _series(at[s][0], lambda row: row["test_loss"])
+            mean = np.mean([_series(r, lambda row: row["test_loss"])[1] for r in at[s]], axis=0)
+            right.plot(epochs, mean, style, color=color, lw=1.2)
+    for group, style in zip(groups, styles * len(groups)):
+        right.plot([], [], style, color="gray", label=group)
+    for s, color in zip(stds, colors):
+        right.plot([], [], "-", color=color, label=f"std {s:g}")
+    right.set_xscale("symlog", linthresh=1)
+    right.set_yscale("log")
+    left.set_xlabel("hidden-layer init std")
+    left.set_ylabel("test MSE")
+    left.legend(fontsize=7)
+    right.set_xlabel("step")
+    right.set_ylabel("test MSE")
+    right.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def draw_all(result, out_dir) -> list[str]:
+    """Every figure that applies to ``result``; returns the file names written."""
+    if result["experiment"] == "arbel-regimes":
+        figures = [("arbel.png", arbel)]
+    else:
+        figures = [("curves.png", curves), ("diagnostics.png", diagnostics_panels),
+                   ("batch_change.png", batch_change)]
+    return [name for name, fn in figures if fn(result, os.path.join(out_dir, name))]

@@ -1,105 +1,129 @@
-"""The experiments of DESIGN §5, each a list of training runs (``RunSpec``) and the figures to
-draw from them. Learning rates follow the paper (GN 0.1 mini-batch and 0.5 full batch with
-``per_block`` scaling, rtol 1e-2; Adam 1e-4 in the paper, 1e-3 here for the short CPU runs; SGD
-0.1); model sizes are scaled down for CPU (bottleneck 1024 instead of 8000) and say so in the
-config."""
+"""The experiments of DESIGN §5 on the reversible MLP: each maps a config to the training runs
+(``RunSpec``) it needs and the fields it adds to results.json.
+
+GN learning rates are the paper's (``per_block`` scaling, rtol 1e-2): 0.5 full batch, 0.1
+mini-batch; ``--gn-lr`` overrides them. Adam and SGD rates come from the config.
+"""
 from __future__ import annotations
 
 from dataclasses import replace
 
 from revgn.experiments.training import RunSpec
 
-FULL_BATCH_SIZE = 1024
+FULL_BATCH_EXAMPLES = 1024
+GN_LR_FULL_BATCH, GN_LR_MINI_BATCH = 0.5, 0.1
 
 
-def _base(cfg, name, lr, **kw):
-    return [RunSpec(name, lr, seed=s, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+def _runs(cfg, optimizer, lr, **kw):
+    """One run per seed with the config's epochs, batch size and model."""
+    return [RunSpec(optimizer, lr, seed=s, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                     model=dict(cfg["model"]), **kw) for s in cfg["seeds"]]
 
 
-def _trio(cfg, gn_lr, track=()):
-    return (_base(cfg, "gn", gn_lr, track=track) + _base(cfg, "adam", cfg["adam_lr"], track=track)
-            + _base(cfg, "sgd", cfg["sgd_lr"], track=track))
+def _gn_lr(cfg, default):
+    return default if cfg.get("gn_lr") is None else cfg["gn_lr"]
+
+
+def _gn_adam(cfg, gn_lr, **kw):
+    return _runs(cfg, "gn", _gn_lr(cfg, gn_lr), **kw) + _runs(cfg, "adam", cfg["adam_lr"], **kw)
+
+
+def _gn_adam_sgd(cfg, gn_lr, **kw):
+    return _gn_adam(cfg, gn_lr, **kw) + _runs(cfg, "sgd", cfg["sgd_lr"], **kw)
 
 
 def fullbatch(cfg):
+    """Fig. 1: the first 1024 training examples as one batch."""
     cfg = dict(cfg, batch_size=None)
-    return _trio(cfg, 0.5), dict(full_batch=True, examples=FULL_BATCH_SIZE)
+    return _gn_adam_sgd(cfg, GN_LR_FULL_BATCH), dict(full_batch_examples=FULL_BATCH_EXAMPLES)
 
 
 def minibatch(cfg):
-    return _trio(cfg, 0.1), {}
+    """Fig. 2: mini-batches over the whole training set."""
+    return _gn_adam_sgd(cfg, GN_LR_MINI_BATCH), {}
 
 
 def batch_loss_change(cfg):
-    return (_base(cfg, "gn", 0.1, track=("batch_change",))
-            + _base(cfg, "adam", cfg["adam_lr"], track=("batch_change",))), {}
+    """Fig. 3: percent loss change on the batch each step was taken on."""
+    return _gn_adam(cfg, GN_LR_MINI_BATCH, track=("batch_change",)), {}
 
 
 def ntk_cka(cfg):
-    return (_base(cfg, "gn", 0.1, track=("ntk", "cka"))
-            + _base(cfg, "adam", cfg["adam_lr"], track=("ntk", "cka"))), {}
+    """Fig. 4: NTK similarity / velocity and per-block CKA, to initialization."""
+    return _gn_adam(cfg, GN_LR_MINI_BATCH, track=("ntk", "cka")), {}
 
 
 def no_bottleneck(cfg):
+    """Fig. 5: ``minibatch`` without the inverted bottleneck (``W in R^{h x h}``)."""
     cfg = dict(cfg, model=dict(cfg["model"], inverted_bottleneck=False))
-    return _trio(cfg, 0.1), dict(inverted_bottleneck=False)
+    return _gn_adam_sgd(cfg, GN_LR_MINI_BATCH), dict(inverted_bottleneck=False)
 
 
 def long_run(cfg):
+    """``minibatch`` for three times the epochs."""
     cfg = dict(cfg, epochs=cfg["epochs"] * 3)
-    return _trio(cfg, 0.1), {}
+    return _gn_adam_sgd(cfg, GN_LR_MINI_BATCH), dict(epochs=cfg["epochs"])
 
 
 def switch(cfg):
+    """Adam then GN, and GN then Adam, switching after half the epochs."""
     half = max(1, cfg["epochs"] // 2)
+    lrs = {"adam": cfg["adam_lr"], "gn": _gn_lr(cfg, GN_LR_MINI_BATCH)}
     runs = []
     for first, second in (("adam", "gn"), ("gn", "adam")):
-        lrs = {"adam": cfg["adam_lr"], "gn": 0.1}
-        for spec in _base(cfg, first, lrs[first], label=f"{first}->{second}"):
+        for spec in _runs(cfg, first, lrs[first], label=f"{first}->{second}"):
             runs.append(replace(spec, then=RunSpec(second, lrs[second]), switch_epoch=half))
     return runs, dict(switch_epoch=half)
 
 
 def init_std(cfg):
+    """GN and Adam from ``W ~ N(0, std^2)``, std in {1e-2, 1e-3, 1e-6}."""
     runs = []
     for std in (1e-2, 1e-3, 1e-6):
         model = dict(cfg["model"], init_std=std)
-        for name, lr in (("gn", 0.1), ("adam", cfg["adam_lr"])):
-            runs += [replace(s, model=model, label=f"{name} std={std:g}")
-                     for s in _base(cfg, name, lr)]
-    return runs, {}
+        runs += [replace(s, model=model, label=f"{s.optimizer} std={std:g}")
+                 for s in _gn_adam(cfg, GN_LR_MINI_BATCH)]
+    return runs, dict(init_stds=[1e-2, 1e-3, 1e-6])
 
 
 def lr_sweep(cfg):
-    return [replace(s, label=f"gn lr={lr:g}") for lr in (0.01, 0.1, 0.5, 1.0)
-            for s in _base(cfg, "gn", lr)], {}
+    """GN at learning rates 0.01, 0.1, 0.5, 1.0 (per_block)."""
+    lrs = [0.01, 0.1, 0.5, 1.0]
+    return [replace(s, label=f"gn lr={lr:g}") for lr in lrs for s in _runs(cfg, "gn", lr)], \
+        dict(gn_lrs=lrs)
 
 
 def weight_decay(cfg):
+    """GN with decoupled weight decay 0, 1e-3, 1e-2, 1e-1."""
+    wds = [0.0, 1e-3, 1e-2, 1e-1]
     return [replace(s, label=f"gn wd={wd:g}", options=dict(weight_decay=wd))
-            for wd in (0.0, 1e-3, 1e-2, 1e-1) for s in _base(cfg, "gn", 0.1)], {}
+            for wd in wds for s in _runs(cfg, "gn", _gn_lr(cfg, GN_LR_MINI_BATCH))], \
+        dict(weight_decays=wds)
+
+
+PINV_VARIANTS = [("rtol=0", dict(rtol=0.0)), ("rtol=1e-2", dict(rtol=1e-2)),
+                 ("rtol=1e-1", dict(rtol=1e-1)),
+                 ("damped 1e-3", dict(solver="damped", pinv_damping=1e-3)),
+                 ("noise 0.1", dict(noise=0.1))]
 
 
 def pinv_regularization(cfg):
-    variants = [("rtol=0", dict(rtol=0.0)), ("rtol=1e-2", dict(rtol=1e-2)),
-                ("rtol=1e-1", dict(rtol=1e-1)),
-                ("damped 1e-3", dict(solver="damped", pinv_damping=1e-3)),
-                ("noise 0.1", dict(noise=0.1))]
-    return [replace(s, label=f"gn {name}", options=opts) for name, opts in variants
-            for s in _base(cfg, "gn", 0.1)], {}
+    """GN with the pseudoinverse truncated (rtol), Tikhonov-damped, or with solution noise."""
+    return [replace(s, label=f"gn {name}", options=opts) for name, opts in PINV_VARIANTS
+            for s in _runs(cfg, "gn", _gn_lr(cfg, GN_LR_MINI_BATCH))], \
+        dict(variants={name: opts for name, opts in PINV_VARIANTS})
 
 
 def weight_cosine(cfg):
-    return (_base(cfg, "gn", 0.1, track=("cosine",))
-            + _base(cfg, "adam", cfg["adam_lr"], track=("cosine",))), {}
+    """Cosine of the weights to their initial values, per coupling, block and overall."""
+    return _gn_adam(cfg, GN_LR_MINI_BATCH, track=("cosine",)), {}
 
 
 def egn(cfg):
-    # EGN takes any module: a tanh MLP, the same for every optimizer
+    """EGN (any module) vs Adam vs SGD on the same tanh MLP."""
     cfg = dict(cfg, model=dict(arch="mlp", width=256))
-    return (_base(cfg, "egn", 1.0, options=dict(damping=1.0))
-            + _base(cfg, "adam", cfg["adam_lr"]) + _base(cfg, "sgd", cfg["sgd_lr"])), \
+    return (_runs(cfg, "egn", 1.0, options=dict(damping=1.0))
+            + _runs(cfg, "adam", cfg["adam_lr"]) + _runs(cfg, "sgd", cfg["sgd_lr"])), \
         dict(model="MLP in-256-out, tanh")
 
 

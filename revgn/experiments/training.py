@@ -3,6 +3,8 @@ diagnostics an experiment asks for."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,33 +16,51 @@ import revgn
 from revgn import diagnostics
 from revgn.data import Dataset, batches
 
+OPTIMIZERS = ("gn", "adam", "sgd", "gd", "egn")
+TRACKS = ("ntk", "cka", "cosine", "batch_change")
+PROBE_SIZE = 32  # examples in the NTK / CKA probe batch (the first training examples)
+
 
 @dataclass
 class RunSpec:
-    """What to train: ``optimizer`` in gn | adam | sgd | gd | egn, and its settings."""
+    """What to train: ``optimizer`` in gn | adam | sgd | gd | egn, and its settings.
+
+    ``gd`` is SGD on the full training set (``batch_size=None``). With ``then`` set, training
+    switches to that optimizer after epoch ``switch_epoch``.
+    """
     optimizer: str
     lr: float
     seed: int = 0
     label: str | None = None
     epochs: int = 10
-    batch_size: int | None = None            # None: full batch
-    model: dict = field(default_factory=dict)  # RevMLP keyword arguments
+    batch_size: int | None = None              # None: full batch
+    model: dict = field(default_factory=dict)  # RevMLP keyword arguments (or arch="mlp")
     options: dict = field(default_factory=dict)  # optimizer keyword arguments
-    then: "RunSpec | None" = None            # switch to this optimizer after ``switch_epoch``
+    then: "RunSpec | None" = None
     switch_epoch: int | None = None
-    track: tuple = ()                        # "ntk", "cka", "cosine", "batch_change"
+    track: tuple = ()                          # any of TRACKS
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        unknown = set(self.track) - set(TRACKS)
+        if unknown:
+            raise ValueError(f"unknown diagnostics {sorted(unknown)}; choose from {TRACKS}")
 
     @property
     def key(self) -> str:
-        name = self.label or self.optimizer
-        return f"{name}-seed{self.seed}"
+        """A file-name-safe name of the run, unique within an experiment."""
+        return re.sub(r"[^\w.=+-]", "_", f"{self.label or self.optimizer}-seed{self.seed}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def build_model(config: dict, data: Dataset):
-    """A ``RevMLP`` (paper defaults scaled for CPU), or with ``arch="mlp"`` a tanh MLP for the
-    optimizers that take any module."""
+    """A ``RevMLP`` (defaults: depth 2, bottleneck 1024, init std 1e-3, linear first block), or
+    with ``arch="mlp"`` a one-hidden-layer tanh MLP for optimizers that take any module."""
     config = dict(config)
-    outputs = data.num_classes or 1
+    outputs = data.num_classes or data.y_train.shape[1]
     if config.pop("arch", "revmlp") == "mlp":
         width = config.get("width", 256)
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(data.in_features, width),
@@ -51,6 +71,8 @@ def build_model(config: dict, data: Dataset):
 
 
 def make_optimizer(name: str, model, lr: float, loss: str, options: dict):
+    """GN is ``ExactGN`` with the paper's ``per_block`` scaling and ``rtol=1e-2`` unless
+    ``options`` say otherwise."""
     if name == "gn":
         opts = dict(step_scaling="per_block", rtol=1e-2)
         opts.update(options)
@@ -59,92 +81,115 @@ def make_optimizer(name: str, model, lr: float, loss: str, options: dict):
         return revgn.EGN(model, lr=lr, loss=loss, **options)
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, **options)
-    if name in ("sgd", "gd"):
-        return torch.optim.SGD(model.parameters(), lr=lr, **options)
-    raise ValueError(f"unknown optimizer {name!r}")
+    return torch.optim.SGD(model.parameters(), lr=lr, **options)  # sgd, gd
 
 
-def loss_fn(logits, y, loss):
+def loss_fn(outputs, y, loss: str):
+    """Mean cross-entropy, or ``mean_i 1/2 ||f_i - y_i||^2`` (the convention ``ExactGN`` uses)."""
     if loss == "cross_entropy":
-        return F.cross_entropy(logits, y)
-    return 0.5 * (logits - y).pow(2).sum(dim=1).mean()
+        return F.cross_entropy(outputs, y)
+    return 0.5 * (outputs - y).pow(2).sum(dim=1).mean()
 
 
-def take_step(name, opt, model, xb, yb, loss) -> float:
-    """One step; returns the batch loss before it."""
-    if name in ("gn", "egn"):
-        return float(opt.step(xb, yb).loss)
+def take_step(name, opt, model, xb, yb, loss):
+    """One step; returns ``(batch loss before it, exact)`` where ``exact`` is GN's exactness
+    report (None for the other optimizers)."""
+    if name == "gn":
+        result = opt.step(xb, yb)
+        return float(result.loss), bool(result.exact)
+    if name == "egn":
+        return float(opt.step(xb, yb).loss), None
     opt.zero_grad(set_to_none=True)
     value = loss_fn(model(xb), yb, loss)
     value.backward()
     opt.step()
-    return float(value.detach())
+    return float(value.detach()), None
 
 
 @torch.no_grad()
 def evaluate(model, x, y, loss, chunk=2048) -> tuple[float, float | None]:
+    """Mean loss and (for classification) accuracy over ``(x, y)``, in chunks."""
     total, correct = 0.0, 0
     for i in range(0, len(x), chunk):
         out = model(x[i:i + chunk])
         total += float(loss_fn(out, y[i:i + chunk], loss)) * len(out)
         if loss == "cross_entropy":
             correct += int((out.argmax(1) == y[i:i + chunk]).sum())
-    acc = correct / len(x) if loss == "cross_entropy" else None
-    return total / len(x), acc
+    return total / len(x), (correct / len(x) if loss == "cross_entropy" else None)
 
 
 def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
-    """Train and return ``{"optimizer", "seed", "label", "history": [...], ...}``."""
+    """Train and return ``{"optimizer", "seed", "label", "lr", "history": [...], ...}``.
+
+    History rows (epoch 0 is the initialization): ``epoch, train_loss, train_acc, test_loss,
+    test_acc, seconds`` (cumulative training time, evaluation excluded), ``optimizer``, and when
+    tracked ``ntk_similarity`` (to init), ``ntk_velocity`` (kernel distance to the previous row
+    per epoch), ``cka`` (per block, to init), ``weight_cosine`` (per coupling, block, all);
+    GN rows add ``exact_fraction`` (share of that epoch's steps every coupling solved exactly).
+    """
     loss = "cross_entropy" if data.num_classes else "mse"
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, data).to(device)
     init = copy.deepcopy(model)
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
     xte, yte = data.x_test.to(device), data.y_test.to(device)
-    probe = xtr[:32]
-    ntk0 = diagnostics.empirical_ntk(init, probe) if "ntk" in spec.track else None
+    probe = xtr[:PROBE_SIZE]
+    kernels = [diagnostics.empirical_ntk(init, probe)] if "ntk" in spec.track else None
     current = spec
     opt = make_optimizer(spec.optimizer, model, spec.lr, loss, spec.options)
     gen = torch.Generator().manual_seed(spec.seed)
     history, batch_changes, elapsed = [], [], 0.0
 
-    def record(epoch):
+    def record(epoch, exact_steps):
         tr_loss, tr_acc = evaluate(model, xtr, ytr, loss)
         te_loss, te_acc = evaluate(model, xte, yte, loss)
         row = dict(epoch=epoch, train_loss=tr_loss, train_acc=tr_acc, test_loss=te_loss,
                    test_acc=te_acc, seconds=elapsed, optimizer=current.optimizer)
-        if ntk0 is not None:
-            row["ntk_similarity"] = diagnostics.ntk_similarity(
-                ntk0, diagnostics.empirical_ntk(model, probe))
+        if kernels is not None:
+            kernels.append(diagnostics.empirical_ntk(model, probe))
+            row["ntk_similarity"] = diagnostics.ntk_similarity(kernels[0], kernels[-1])
+            if epoch:
+                row["ntk_velocity"] = diagnostics.kernel_velocity(kernels[-2:], [epoch - 1,
+                                                                                 epoch])[0]
+            del kernels[1:-1]  # keep the initial and the latest kernel only
         if "cka" in spec.track:
             row["cka"] = diagnostics.block_cka(model, init, probe)
         if "cosine" in spec.track:
-            row["weight_cosine"] = diagnostics.weight_cosine(model, init)["all"]
+            row["weight_cosine"] = diagnostics.weight_cosine(model, init)
+        if exact_steps:
+            row["exact_fraction"] = sum(exact_steps) / len(exact_steps)
         history.append(row)
 
-    record(0)
+    record(0, [])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rank-deficient first block, by design
+        # ExactGN warns when a block is rank deficient; with the paper's linear first block that
+        # is the normal case (DESIGN §3.1) and exact_fraction records it
+        warnings.simplefilter("ignore", RuntimeWarning)
         for epoch in range(1, spec.epochs + 1):
             if spec.then is not None and epoch == spec.switch_epoch + 1:
                 current = spec.then
                 opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
             t0 = time.perf_counter()
+            exact_steps = []
             for xb, yb in batches(xtr, ytr, spec.batch_size or len(xtr), gen,
                                   shuffle=spec.batch_size is not None):
-                before = take_step(current.optimizer, opt, model, xb, yb, loss)
+                before, exact = take_step(current.optimizer, opt, model, xb, yb, loss)
+                if exact is not None:
+                    exact_steps.append(exact)
                 if "batch_change" in spec.track:
                     with torch.no_grad():
                         after = float(loss_fn(model(xb), yb, loss))
                     batch_changes.append(diagnostics.batch_loss_change(before, after))
             elapsed += time.perf_counter() - t0
-            record(epoch)
+            record(epoch, exact_steps)
             if progress is not None:
-                progress.update(1, f"{spec.key} ep {epoch} train {history[-1]['train_loss']:.3f}")
+                progress.update(1, f"{spec.key} epoch {epoch} train "
+                                   f"{history[-1]['train_loss']:.3g}")
     out = dict(optimizer=spec.optimizer, seed=spec.seed, label=spec.label or spec.optimizer,
                lr=spec.lr, history=history)
     if batch_changes:
         out["batch_loss_change"] = batch_changes
     if spec.then is not None:
-        out["switch"] = dict(after_epoch=spec.switch_epoch, to=spec.then.optimizer)
+        out["switch"] = dict(after_epoch=spec.switch_epoch, to=spec.then.optimizer,
+                             lr=spec.then.lr)
     return out

@@ -1,0 +1,85 @@
+"""Summary tables printed after an experiment: the last history row of every run, averaged over
+seeds (``mean +- std`` across seeds when there are several)."""
+from __future__ import annotations
+
+import collections
+import statistics
+
+
+def _cell(values, fmt="{:.4g}") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.fmean(values))}+-{fmt.format(statistics.stdev(values))}"
+
+
+def _table(header, rows) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def grouped(runs, key="label"):
+    groups = collections.OrderedDict()
+    for run in runs:
+        groups.setdefault(run[key], []).append(run)
+    return groups
+
+
+def summary(result) -> str:
+    """The run table of an experiment (``arbel_summary`` for arbel-regimes)."""
+    if result["experiment"] == "arbel-regimes":
+        return arbel_summary(result)
+    cfg = result["config"]
+    rows = []
+    extra_cols = []
+    if any("ntk_similarity" in r["history"][-1] for r in result["runs"]):
+        extra_cols.append(("NTK sim", lambda last, run: last.get("ntk_similarity")))
+    if any("cka" in r["history"][-1] for r in result["runs"]):
+        extra_cols.append(("CKA last block", lambda last, run: last["cka"][-1]
+                           if "cka" in last else None))
+    if any("weight_cosine" in r["history"][-1] for r in result["runs"]):
+        extra_cols.append(("weight cos", lambda last, run: last["weight_cosine"]["all"]
+                           if "weight_cosine" in last else None))
+    if any("batch_loss_change" in r for r in result["runs"]):
+        extra_cols.append(("batch change %", lambda last, run: statistics.fmean(
+            run["batch_loss_change"]) if "batch_loss_change" in run else None))
+    for label, runs in grouped(result["runs"]).items():
+        last = [r["history"][-1] for r in runs]
+        row = [label, _cell([l["train_loss"] for l in last]),
+               _cell([l["test_loss"] for l in last]),
+               _cell([l["test_acc"] for l in last], "{:.3f}"),
+               _cell([l["seconds"] for l in last], "{:.1f}")]
+        row += [_cell([fn(l, r) for l, r in zip(last, runs)], "{:.3g}") for _, fn in extra_cols]
+        rows.append(row)
+    header = ["run", "train loss", "test loss", "test acc", "seconds"] + [c for c, _ in extra_cols]
+    seeds = len(cfg["seeds"])
+    title = (f"{result['experiment']} on {cfg['dataset']}: last epoch "
+             f"({result['runs'][0]['history'][-1]['epoch']}), "
+             + ("mean+-std over " if seeds > 1 else "") + f"{seeds} seed(s)")
+    return title + "\n" + _table(header, rows)
+
+
+def arbel_summary(result) -> str:
+    """Final train / test / refit-test MSE per init std, for GN at each step size and GD."""
+    groups = list(grouped(result["runs"], "group"))
+    stds = sorted({r["init_std"] for r in result["runs"]})
+    header = ["init std"] + [f"{g} {col}" for g in groups for col in ("train", "test", "refit")]
+    rows = []
+    for std in stds:
+        row = [f"{std:g}"]
+        for g in groups:
+            runs = [r for r in result["runs"] if r["group"] == g and r["init_std"] == std]
+            last = [r["history"][-1] for r in runs]
+            row += [_cell([l["train_loss"] for l in last], "{:.2g}"),
+                    _cell([l["test_loss"] for l in last], "{:.2g}"),
+                    _cell([l["refit_test_loss"] for l in last], "{:.2g}")]
+        rows.append(row)
+    cfg = result["config"]
+    title = (f"arbel-regimes: width {cfg['width']}, GN {cfg['steps']} steps, GD "
+             f"{cfg['gd_steps']} steps, test MSE on {cfg['teacher_test']} examples; "
+             f"{len(cfg['seeds'])} seed(s)")
+    return title + "\n" + _table(header, rows)
