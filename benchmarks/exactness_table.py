@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import revgn  # noqa: E402
+import revgn.solvers  # noqa: E402
 from revgn.losses import output_step  # noqa: E402
 from tests.helpers import labels, make_model, output_jvp, rel_err  # noqa: E402
 
@@ -50,16 +51,49 @@ def main():
     print(f"{'depth':>5} {'d':>4} {'M':>4} {'n':>4} {'act':>5} {'loss':>14} {'curvature':>9} "
           f"{'scaling':>9} {'float64':>10} {'float32':>10}")
     worst = {torch.float64: 0.0, torch.float32: 0.0}
+    inexact = 0
     for case, loss_cfg, scaling in itertools.product(CASES, LOSSES, ["function", "per_block"]):
-        errs = {}
+        cells = []
         for dtype in (torch.float64, torch.float32):
-            errs[dtype], exact = error(case, loss_cfg, scaling, dtype)
-            worst[dtype] = max(worst[dtype], errs[dtype])
+            err, exact = error(case, loss_cfg, scaling, dtype)
+            if exact:
+                worst[dtype] = max(worst[dtype], err)
+            inexact += not exact
+            cells.append(f"{err:9.1e}{' ' if exact else '*'}")
         depth, d, M, n, act = case
         print(f"{depth:>5} {d:>4} {M:>4} {n:>4} {act:>5} {loss_cfg[0]:>14} {loss_cfg[1]:>9} "
-              f"{scaling:>9} {errs[torch.float64]:10.1e} {errs[torch.float32]:10.1e}")
-    print(f"worst: float64 {worst[torch.float64]:.1e} (bound 1e-8), "
+              f"{scaling:>9} {cells[0]:>10} {cells[1]:>10}")
+    print(f"worst over exact steps: float64 {worst[torch.float64]:.1e} (bound 1e-8), "
           f"float32 {worst[torch.float32]:.1e} (bound 5e-3)")
+    if inexact:
+        print(f"* {inexact} steps reported exact=False: a coupling's A~ has singular values under "
+              f"the Gram floor (revgn.solvers.gram_rtol_floor) and was truncated")
+    ill_conditioned()
+
+
+def ill_conditioned():
+    """An ill-conditioned float64 batch (depth 3, M = n + 3): the Gram route before and after
+    its refinement, against the SVD and QR routes."""
+    depth, d, M, n = 3, 4, 15, 12
+    torch.manual_seed(2)
+    model = make_model(d, 3, depth, M, activation="gelu", std=0.5)
+    x, y = torch.randn(n, d, dtype=torch.float64), torch.randint(0, 3, (n,))
+    target = -0.3 * output_step(model(x), y, "cross_entropy")
+    print(f"\nill-conditioned batch: depth {depth}, d {d}, M {M}, n {n}, gelu, cross_entropy")
+    print(f"{'solver':>20} {'error':>10} {'max residual':>13} {'max |delta|':>12}")
+    for solver, refine in [("cholesky", False), ("cholesky", True), ("eigh", True),
+                           ("svd", True), ("qr", True)]:
+        saved = revgn.solvers.REFINE_RTOL
+        revgn.solvers.REFINE_RTOL = saved if refine else float("inf")
+        try:
+            opt = revgn.ExactGN(model, lr=0.3, loss="cross_entropy", solver=solver)
+            deltas, result = opt.direction(x, y)
+        finally:
+            revgn.solvers.REFINE_RTOL = saved
+        name = solver if refine or solver not in ("cholesky", "eigh") else f"{solver} unrefined"
+        size = max(float(dlt.abs().max()) for dlt in deltas)
+        print(f"{name:>20} {rel_err(output_jvp(model, x, deltas), target):10.1e} "
+              f"{result.max_residual:13.1e} {size:12.4g}")
 
 
 if __name__ == "__main__":

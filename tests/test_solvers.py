@@ -49,6 +49,36 @@ def test_truncation_equals_svd_truncation(solver):
     assert rel_err(_dense_update(sol, At).t(), expected) < 1e-8
 
 
+def _conditioned_A(n, M, cond):
+    U, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(M, n, dtype=torch.float64))
+    return U @ torch.diag(torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), n,
+                                         dtype=torch.float64)) @ V.t()
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "eigh"])
+@pytest.mark.parametrize("n,M,h,bias", [(12, 15, 3, True), (37, 64, 5, False)])
+def test_ill_conditioned_float64_gram_solve_is_refined_to_svd_accuracy(solver, n, M, h, bias):
+    A, T = _conditioned_A(n, M, 1e6), torch.randn(n, h, dtype=torch.float64)
+    At = with_ones(A, bias)
+    # without refinement, D = A~^T K^-1 T misses T by about eps * cond(A~)^2
+    Z = gram_solve(At @ At.t(), T, "cholesky").Z
+    assert rel_err(At @ (At.t() @ Z), T) > 1e-8
+    sol = solve_coupling(A, T, bias, SolverConfig(solver))
+    assert sol.exact and sol.method.endswith("+refined")
+    assert rel_err(At @ _dense_update(sol, A).t(), T) < 1e-9
+    assert rel_err(sol.realized, At @ _dense_update(sol, A).t()) < 1e-12
+    ref = solve_coupling(A, T, bias, SolverConfig("svd"))
+    assert rel_err(_dense_update(sol, A), _dense_update(ref, A)) < 1e-6
+
+
+def test_float32_and_well_conditioned_solves_are_not_refined():
+    A, T = torch.randn(12, 40, dtype=torch.float64), torch.randn(12, 3, dtype=torch.float64)
+    assert solve_coupling(A, T, True, SolverConfig("cholesky")).method == "cholesky"
+    A32 = _conditioned_A(12, 40, 1e2).float()
+    assert solve_coupling(A32, T.float(), True, SolverConfig("cholesky")).method == "cholesky"
+
+
 def test_cholesky_falls_back_to_pseudoinverse_on_rank_deficiency():
     n, M, h = 20, 40, 3
     A, T = _random_A(n, M, rank=6), torch.randn(n, h, dtype=torch.float64)
