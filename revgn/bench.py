@@ -107,18 +107,24 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, device="cpu", repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in seconds, device synchronized around each run."""
+def median_times(fns: dict, device="cpu", repeats: int = 5, warmup: int = 2) -> dict:
+    """Median wall time in seconds of each ``fns[name]()``, device synchronized around each run.
+
+    The implementations take turns (one run of each per round), so a change in the machine's
+    load during the measurement shifts all of them alike instead of biasing their ratios.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _sync(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _rss_bytes() -> int:
@@ -153,13 +159,13 @@ def peak_memory_rise(fn, device="cpu") -> int:
 
 def time_case(case: Case, names=tuple(STEPS), repeats: int = 5) -> dict:
     """Median seconds per step for each implementation, on the same model and batch."""
-    out = {}
+    fns = {}
     for name in names:
         model, x, y = make_problem(case)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[name] = median_time(STEPS[name](model, x, y), case.device, repeats)
-    return out
+        fns[name] = STEPS[name](model, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return median_times(fns, case.device, repeats)
 
 
 def _memory_in_this_process(case: Case, name: str) -> int:
