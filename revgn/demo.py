@@ -8,20 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import revgn
-
-
-def load_digits_split(seed: int = 0):
-    """1797 8x8 digits, standardized with the training statistics; 80/20 seeded split."""
-    from sklearn.datasets import load_digits
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor(X, dtype=torch.float32) / 16
-    y = torch.tensor(y, dtype=torch.int64)
-    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
-    X, y = X[perm], y[perm]
-    n_train = int(0.8 * len(X))
-    mean, std = X[:n_train].mean(0), X[:n_train].std(0) + 1e-2
-    X = (X - mean) / std
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+from revgn.data import load_digits_dataset
 
 
 def _make_optimizer(name, model, lr):
@@ -44,7 +31,8 @@ def _train_step(name, opt, model, xb, yb):
 def run(epochs: int = 5, batch_size: int = 128, bottleneck: int = 1024, depth: int = 2,
         seed: int = 0, lrs=None):
     lrs = lrs or {"gn": 1.0, "adam": 1e-3, "sgd": 0.1}
-    xtr, ytr, xte, yte = load_digits_split(seed)
+    data = load_digits_dataset(seed)
+    xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
     # load (or build, the first time) the fastest backend before anything is timed
     backend = revgn.backend.resolve("auto", xtr.device)
     rows = []
@@ -70,7 +58,7 @@ def run(epochs: int = 5, batch_size: int = 128, bottleneck: int = 1024, depth: i
             test_acc = (model(xte).argmax(1) == yte).float().mean().item()
         rows.append(dict(optimizer=name, lr=lr, train_loss=train_loss, test_acc=test_acc,
                          ms_per_step=1e3 * elapsed / steps))
-    return rows, backend
+    return rows, backend, (len(xtr), len(xte))
 
 
 def format_table(rows) -> str:
@@ -82,11 +70,12 @@ def format_table(rows) -> str:
 
 
 def main(args) -> int:
+    rows, backend, (n_train, n_test) = run(epochs=args.epochs, batch_size=args.batch_size,
+                                           bottleneck=args.bottleneck, depth=args.depth,
+                                           seed=args.seed)
     print(f"RevMLP(64 -> 10, depth {args.depth}, bottleneck {args.bottleneck}) on scikit-learn "
-          f"digits (1437 train / 360 test), batch {args.batch_size}, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads")
-    rows, backend = run(epochs=args.epochs, batch_size=args.batch_size,
-                        bottleneck=args.bottleneck, depth=args.depth, seed=args.seed)
+          f"digits ({n_train} train / {n_test} test), batch {args.batch_size}, {args.epochs} "
+          f"epochs, {torch.get_num_threads()} threads")
     print(format_table(rows))
     print(f"(ExactGN backend: {backend})")
     return 0
