@@ -18,8 +18,10 @@ Solvers (they agree where their assumptions hold):
 Truncation keeps singular values ``s > max(rtol * s_max, atol)``. On the Gram the relative
 threshold is raised to ``gram_rtol_floor(dtype)``: singular values below about ``sqrt(eps) s_max``
 are not resolvable from ``K`` (DESIGN §3.1, Precision); a finer ``rtol`` goes to the ``qr`` route.
-A full-rank float64 Gram solve that misses its target by more than ``REFINE_RTOL`` is refined
-through ``A~`` (``refine_gram_solution``) to the accuracy of the SVD route.
+A coupling that the Gram would truncate only because of that floor (``rtol`` below it, e.g. the
+default 0) is solved by ``qr`` instead (route ``"cholesky->qr"``); a full-rank float64 Gram solve
+that misses its target by more than ``REFINE_RTOL`` is refined through ``A~``
+(``refine_gram_solution``) to the accuracy of the SVD route.
 """
 from __future__ import annotations
 
@@ -240,6 +242,15 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
+    floor_binding = cfg.rtol < rtol and route != "cholesky->eigh (rank known)"
+    if (rank < n and floor_binding and method != "damped" and cfg.gram_reduce is None
+            and status != NONFINITE):
+        # The Gram truncated singular values of A~ that it cannot resolve but the caller asked
+        # to keep (rtol below the floor): the QR of A~ resolves them, at the cost of a
+        # factorization of A~ itself, paid only by such couplings.
+        escalated = solve_qr(A, T, bias, cfg)
+        escalated.method = f"{cfg.solver}->qr"
+        return escalated
     Z = sol.Z.to(A.dtype)
     realized = K @ Z  # in the working dtype: only the report and the cross-term read it
     exact = rank == n and method != "damped"

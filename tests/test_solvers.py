@@ -79,13 +79,30 @@ def test_float32_and_well_conditioned_solves_are_not_refined():
     assert solve_coupling(A32, T.float(), True, SolverConfig("cholesky")).method == "cholesky"
 
 
-def test_cholesky_falls_back_to_pseudoinverse_on_rank_deficiency():
+@pytest.mark.parametrize("rtol,route", [(0.0, "cholesky->qr"), (1e-2, "cholesky->eigh")])
+def test_cholesky_falls_back_to_pseudoinverse_on_rank_deficiency(rtol, route):
+    # below the Gram's floor the truncation is redone by QR; at or above it eigh's stands
     n, M, h = 20, 40, 3
     A, T = _random_A(n, M, rank=6), torch.randn(n, h, dtype=torch.float64)
-    sol = solve_coupling(A, T, True, SolverConfig("cholesky"))
-    assert sol.method == "cholesky->eigh" and sol.rank == 7 and not sol.exact
-    expected = torch.linalg.pinv(with_ones(A, True)) @ T
+    sol = solve_coupling(A, T, True, SolverConfig("cholesky", rtol=rtol))
+    assert sol.method == route and sol.rank == 7 and not sol.exact
+    expected = torch.linalg.pinv(with_ones(A, True), rtol=rtol or None) @ T
     assert rel_err(_dense_update(sol, A).t(), expected) < 1e-8
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "eigh"])
+def test_float32_singular_values_under_the_gram_floor_go_to_qr(solver):
+    # cond(A~) = 1e4: beyond what the float32 Gram resolves (1 / gram_rtol_floor = 286), well
+    # within what QR of A~ resolves; with the default rtol=0 the step must stay exact
+    n, M, h = 17, 40, 3
+    A64 = _conditioned_A(n, M, 1e4)
+    T64 = torch.randn(n, h, dtype=torch.float64)
+    sol = solve_coupling(A64.float(), T64.float(), False, SolverConfig(solver))
+    assert sol.method == f"{solver}->qr" and sol.rank == n and sol.exact
+    assert rel_err(A64 @ _dense_update(sol, A64.float()).double().t(), T64) < 1e-3
+    # an explicit rtol at or above the floor keeps the Gram's truncation
+    coarse = solve_coupling(A64.float(), T64.float(), False, SolverConfig(solver, rtol=1e-2))
+    assert not coarse.method.endswith("->qr") and coarse.rank < n
 
 
 def test_known_rank_skips_cholesky():
