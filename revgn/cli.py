@@ -1,4 +1,4 @@
-"""The ``revgn`` command line: demo, info, bench, experiment, egn-examples."""
+"""The ``revgn`` command line: demo, info, check, bench, experiment, egn-examples."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,11 @@ def _demo(args) -> int:
     return demo.main(args)
 
 
+def _check(args) -> int:
+    from revgn import check
+    return check.main(args)
+
+
 def _bench(args) -> int:
     from revgn import bench
     return bench.main(args)
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions and available backends")
     info.set_defaults(func=_info)
+
+    check = sub.add_parser("check", help="every fast backend against the reference on this "
+                                         "machine; exit status 1 on any mismatch")
+    check.add_argument("--device", default="cpu")
+    check.add_argument("--backend", default="all", choices=["all", "cpp", "cuda", "triton"])
+    check.set_defaults(func=_check)
 
     bench = sub.add_parser("bench", help="short benchmark: GN step vs Adam vs the authors' "
                                          "algorithm; ratios, JSON and a plot")

@@ -31,3 +31,34 @@ def test_egn_examples_quick(capsys):
     assert main(["egn-examples", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "diabetes" in out
+
+
+def test_check_passes_on_the_extension_built_here(capsys):
+    # (the Triton kernels' own tests cover them under the interpreter, more slowly)
+    from revgn import backend
+    if not backend.available("cpp", "cpu"):
+        assert main(["check", "--backend", "cpp"]) == 2
+        return
+    assert main(["check", "--backend", "cpp"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "cpp     exact_gn_step" in out
+
+
+def test_check_fails_on_a_wrong_kernel(monkeypatch):
+    from revgn import backend, check
+    from revgn.ops import jt
+    if not backend.available("cpp", "cpu"):
+        import pytest
+        pytest.skip("the revgn extension is not built here")
+    real = jt.implementation
+
+    def off_by_a_little(op_name, reference, name, device):
+        fn = real(op_name, reference, name, device)
+        if op_name != "gram" or fn is reference:
+            return fn
+        return lambda A, bias: fn(A, bias) * (1 + 1e-3)
+    monkeypatch.setattr(jt, "implementation", off_by_a_little)
+    rows = check.check("cpu", ["cpp"])
+    failed = {(r["op"], r["dtype"]) for r in rows if not r["ok"]}
+    # the whole step goes through the Gram too, so it fails with it
+    assert failed == {("gram", "float32"), ("gram", "float64"), ("exact_gn_step", "float64")}

@@ -5,8 +5,7 @@ import torch
 from revgn import backend
 from revgn.ops import (cholesky_factor_solve_ref, coupling_inverse_with_tangent_ref,
                        coupling_tangent_ref, gram_ref, jt_update_ref)
-from tests.op_cases import (ACTIVATIONS, COUPLING_SHAPES, TOL, coupling_inputs, rel,
-                            spd_batch)
+from revgn.check import ACTIVATIONS, COUPLING_SHAPES, TOL, coupling_inputs, rel, spd_batch
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -20,7 +20,7 @@ import revgn  # noqa: E402
 from revgn import ops  # noqa: E402
 from revgn.ops import (cholesky_factor_solve_ref, coupling_inverse_with_tangent_ref,  # noqa: E402
                        coupling_tangent_ref, gram_ref, jt_product_ref, jt_update_ref)
-from tests.op_cases import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
+from revgn.check import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
