@@ -77,7 +77,7 @@ def op_cases(dtype: torch.dtype, device) -> list[OpCase]:
     cases = []
     for shape in COUPLING_SHAPES:
         for activation in ACTIVATIONS:
-            for bottleneck, bias in ((True, True), (True, False), (False, True)):
+            for bottleneck, bias in ((True, True), (True, False), (False, True), (False, False)):
                 args = coupling_inputs(*shape, dtype, bottleneck, bias, device=device)
                 cases.append(OpCase("coupling_inverse_with_tangent", (*args, activation)))
             u, du, _, _, C, W, _ = coupling_inputs(*shape, dtype, device=device)
@@ -104,17 +104,25 @@ def _copy(args):
 
 def run_case(case: OpCase, backend: str) -> float:
     """Worst relative error of ``backend`` against the reference over the case's outputs;
-    ``inf`` when shapes differ or the fast path wrote a non-finite value."""
+    ``inf`` when the outputs differ in number, shape or dtype, or either is not finite."""
     from revgn import ops
     fn = getattr(ops, case.op)
     fast_args, ref_args = _copy(case.args), _copy(case.args)
     got = case.outputs(fast_args, fn(*fast_args, backend=backend))
     want = case.outputs(ref_args, fn(*ref_args, backend="reference"))
+    if len(got) != len(want):
+        return float("inf")
     worst = 0.0
     for g, w in zip(got, want):
-        if g.shape != w.shape or (g.is_floating_point() and not torch.isfinite(g).all()):
+        if g.shape != w.shape or g.dtype != w.dtype:
             return float("inf")
-        worst = max(worst, rel(g, w) if g.is_floating_point() else float(not torch.equal(g, w)))
+        if g.is_floating_point():
+            error = rel(g, w) if torch.isfinite(g).all() else float("inf")
+        else:
+            error = float(not torch.equal(g, w))
+        if error != error:  # NaN: the reference itself was not finite
+            return float("inf")
+        worst = max(worst, error)
     return worst
 
 

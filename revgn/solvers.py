@@ -217,6 +217,15 @@ def refine_gram_solution(At64, K64, T64, Z64, backend: str = "auto", max_steps: 
     return D, realized
 
 
+def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
+    """Whether the Gram's resolution floor ``rtol``, rather than the caller's ``rtol`` or
+    ``atol``, set the truncation threshold ``max(rtol s_max, atol)``."""
+    if not cfg.rtol < rtol:
+        return False
+    s_max = float(torch.linalg.eigvalsh(K64)[-1].clamp_min(0)) ** 0.5
+    return rtol * s_max > max(cfg.rtol * s_max, cfg.atol)
+
+
 def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
     n = A.shape[0]
     method = cfg.solver
@@ -242,11 +251,11 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
-    floor_binding = cfg.rtol < rtol and route != "cholesky->eigh (rank known)"
-    if (rank < n and floor_binding and method != "damped" and cfg.gram_reduce is None
-            and status != NONFINITE):
+    expected_rank = n if max_rank is None else min(n, max_rank)
+    if (rank < expected_rank and method != "damped" and cfg.gram_reduce is None
+            and status != NONFINITE and _floor_set_the_cut(K64, cfg, rtol)):
         # The Gram truncated singular values of A~ that it cannot resolve but the caller asked
-        # to keep (rtol below the floor): the QR of A~ resolves them, at the cost of a
+        # to keep (rtol and atol below the floor): the QR of A~ resolves them, at the cost of a
         # factorization of A~ itself, paid only by such couplings.
         escalated = solve_qr(A, T, bias, cfg)
         escalated.method = f"{cfg.solver}->qr"
@@ -254,8 +263,9 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     Z = sol.Z.to(A.dtype)
     realized = K @ Z  # in the working dtype: only the report and the cross-term read it
     exact = rank == n and method != "damped"
-    # A float32 solve needs no refinement: the rtol floor bounds cond(K) so far below 1/eps64
-    # that the float64 Gram solve is already exact to float32. A sharded A~ is not refined.
+    # Only float64 is refined: a float32 D = A~^T Z loses up to eps32 * cond(A~)^2 (5e-4 near
+    # the floor), which only float64 copies of A~ would win back. The residual reported here is
+    # that of K Z and does not see this rounding of D. A sharded A~ is not refined.
     if (exact and A.dtype == torch.float64 and status != NONFINITE and cfg.gram_reduce is None
             and _relative_error(realized, T) > REFINE_RTOL):
         D, realized = refine_gram_solution(with_ones(A, bias), K64, T64, sol.Z, cfg.backend)
