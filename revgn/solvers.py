@@ -19,7 +19,8 @@ Truncation keeps singular values ``s > max(rtol * s_max, atol)``. On the Gram th
 threshold is raised to ``gram_rtol_floor(dtype)``: singular values below about ``sqrt(eps) s_max``
 are not resolvable from ``K`` (DESIGN §3.1, Precision); a finer ``rtol`` goes to the ``qr`` route.
 A coupling that the Gram would truncate only because of that floor (``rtol`` below it, e.g. the
-default 0) is solved by ``qr`` instead (route ``"cholesky->qr"``); a full-rank float64 Gram solve
+default 0) is solved by ``qr`` instead (route ``"cholesky->qr"``), unless its rank is known in
+advance (a linear block); a full-rank float64 Gram solve
 that misses its target by more than ``REFINE_RTOL`` is refined through ``A~``
 (``refine_gram_solution``) to the accuracy of the SVD route.
 """
@@ -251,12 +252,14 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
-    expected_rank = n if max_rank is None else min(n, max_rank)
-    if (rank < expected_rank and method != "damped" and cfg.gram_reduce is None
+    if (max_rank is None and rank < n and method != "damped" and cfg.gram_reduce is None
             and status != NONFINITE and _floor_set_the_cut(K64, cfg, rtol)):
         # The Gram truncated singular values of A~ that it cannot resolve but the caller asked
         # to keep (rtol and atol below the floor): the QR of A~ resolves them, at the cost of a
-        # factorization of A~ itself, paid only by such couplings.
+        # factorization of A~ itself, paid only by such couplings. A coupling whose rank is known
+        # in advance (a linear block, rank deficient by construction) keeps the Gram's cut: its
+        # smallest kept directions come from near-constant input features, and resolving them
+        # every step costs a QR and, on the digits demo, trains worse (0.101 vs 0.078).
         escalated = solve_qr(A, T, bias, cfg)
         escalated.method = f"{cfg.solver}->qr"
         return escalated

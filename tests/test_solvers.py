@@ -108,14 +108,17 @@ def test_float32_singular_values_under_the_gram_floor_go_to_qr(solver):
 def test_the_qr_route_follows_the_threshold_that_cut():
     n, M, h = 20, 40, 3
     T = torch.randn(n, h, dtype=torch.float64)
-    # known rank 6 whose smallest singular values (1e-9 s_max) lie under the float64 Gram floor:
-    # both Gram solvers hand the coupling to QR, which keeps all 6
+    # rank 6 whose smallest singular values (1e-9 s_max) lie under the float64 Gram floor: both
+    # Gram solvers hand the coupling to QR, which keeps all 6, unless the rank is known in
+    # advance (a linear block), which keeps the Gram's cut
     U, _ = torch.linalg.qr(torch.randn(n, 6, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(M, 6, dtype=torch.float64))
     A = U @ torch.diag(torch.logspace(0, -9, 6, dtype=torch.float64)) @ V.t()
     for solver in ("cholesky", "eigh"):
-        sol = solve_coupling(A, T, False, SolverConfig(solver), max_rank=6)
+        sol = solve_coupling(A, T, False, SolverConfig(solver))
         assert sol.method == f"{solver}->qr" and sol.rank == 6 and not sol.exact
+        sol = solve_coupling(A, T, False, SolverConfig(solver), max_rank=6)
+        assert not sol.method.endswith("->qr") and sol.rank == 4
     # a cut set by atol is the caller's: no QR
     A = torch.randn(n, M, dtype=torch.float64)
     s = torch.linalg.svdvals(with_ones(A, True))
