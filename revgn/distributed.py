@@ -318,7 +318,7 @@ class DistributedExactGN(torch.optim.Optimizer):
         for index, couplings, X2 in sweep:
             for name, c, u, A, sol, target in couplings:
                 result.blocks.append(CouplingReport(
-                    index, name, relative_residual(sol.realized, target), sol.rank, n,
+                    index, name, sol.residual, sol.rank, n,
                     sol.method, sol.exact))
                 if not sol.finite:
                     return self._nonfinite(result, f"block {index} coupling {name} produced a "

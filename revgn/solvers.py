@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from revgn.ops import gram, gram_solve, jt_product
-from revgn.ops.solve import FELL_BACK, NONFINITE
+from revgn.ops.solve import FELL_BACK, NONFINITE, largest_eigenvalue
 
 SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose")
 GRAM_SOLVERS = ("cholesky", "eigh", "damped")
@@ -78,6 +78,8 @@ class CouplingSolution:
     db: torch.Tensor | None = None
     finite: bool = True
     bias: bool = True
+    #: ``relative_residual(realized, T)``; ``solve_coupling`` fills it when the route did not
+    residual: float | None = None
 
     def parameter_update(self, A: torch.Tensor, backend: str = "auto"):
         """``(dW, db)`` in the layout of ``(W, b)``; ``db`` is None without bias."""
@@ -100,9 +102,11 @@ def _split(D: torch.Tensor, bias: bool):
     return D.t(), None
 
 
-def _relative_error(realized, target) -> float:
+def relative_residual(realized: torch.Tensor, target: torch.Tensor) -> float:
+    """``||realized - target|| / ||target||`` (the absolute miss when the target is zero)."""
     denom = float(target.norm())
-    return float((realized - target).norm()) / denom if denom > 0 else 0.0
+    diff = float((realized - target).norm())
+    return diff / denom if denom > 0 else diff
 
 
 def _default_rtol(shape, dtype, rtol: float, atol: float) -> float:
@@ -121,9 +125,9 @@ def _svd_pinv_apply(Uo, S, Vh, T, rtol: float, atol: float):
     return D, int(keep.sum())
 
 
-def _finish_dense(At, T, D, bias, rank, method, exact):
+def _finish_dense(At, T, D, bias, rank, method, exact, realized=None):
     dW, db = _split(D, bias)
-    realized = At @ D
+    realized = At @ D if realized is None else realized
     return CouplingSolution(realized=realized, rank=rank, method=method, exact=exact, dW=dW,
                             db=db, finite=bool(torch.isfinite(D).all()), bias=bias)
 
@@ -192,7 +196,7 @@ REFINE_RTOL = 1e-10
 
 def refine_gram_solution(At64, K64, T64, Z64, backend: str = "auto", max_steps: int = 3):
     """Corrected semi-normal equations for the minimum-norm ``A~ D = T`` (Bjorck, Numerical
-    Methods for Least Squares Problems, §6.6); returns ``(D, realized = A~ D)``, float64.
+    Methods for Least Squares Problems, §6.6), float64.
 
     The Gram route forms ``D = A~^T Z`` with ``Z = K^-1 T`` as large as ``|T| / s_min^2``, and
     the rounding of that product alone moves ``A~ D`` by ``eps * cond(A~)^2 |T|``: 1e-4 on a
@@ -200,22 +204,22 @@ def refine_gram_solution(At64, K64, T64, Z64, backend: str = "auto", max_steps: 
     can: the residual ``R = T - A~ D`` is accurate to ``eps * cond(A~)``, and each correction
     ``D += A~^T K^-1 R`` carries the same relative error as the first solve, but of the much
     smaller ``R``. Steps stop once the residual is under ``REFINE_RTOL`` or stops shrinking.
+    Returns ``(D, realized, residual)``.
     """
-    t_norm = float(T64.norm())
     D = At64.t() @ Z64
     realized = At64 @ D
-    err = float((T64 - realized).norm()) / t_norm
+    err = relative_residual(realized, T64)
     for _ in range(max_steps):
         if not err > REFINE_RTOL:  # also stops on NaN
             break
         correction = gram_solve(K64, T64 - realized, "cholesky", backend=backend).Z
         candidate = D + At64.t() @ correction
         candidate_realized = At64 @ candidate
-        candidate_err = float((T64 - candidate_realized).norm()) / t_norm
+        candidate_err = relative_residual(candidate_realized, T64)
         if not candidate_err < err:
             break
         D, realized, err = candidate, candidate_realized, candidate_err
-    return D, realized
+    return D, realized, err
 
 
 def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
@@ -223,8 +227,7 @@ def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
     ``atol``, set the truncation threshold ``max(rtol s_max, atol)``."""
     if not cfg.rtol < rtol:
         return False
-    s_max = float(torch.linalg.eigvalsh(K64)[-1].clamp_min(0)) ** 0.5
-    return rtol * s_max > max(cfg.rtol * s_max, cfg.atol)
+    return rtol * float(largest_eigenvalue(K64).max().clamp_min(0)) ** 0.5 > cfg.atol
 
 
 def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
@@ -262,6 +265,7 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
         # every step costs a QR and, on the digits demo, trains worse (0.101 vs 0.078).
         escalated = solve_qr(A, T, bias, cfg)
         escalated.method = f"{cfg.solver}->qr"
+        escalated.residual = relative_residual(escalated.realized, T)
         return escalated
     Z = sol.Z.to(A.dtype)
     realized = K @ Z  # in the working dtype: only the report and the cross-term read it
@@ -269,20 +273,29 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     # Only float64 is refined: a float32 D = A~^T Z loses up to eps32 * cond(A~)^2 (5e-4 near
     # the floor), which only float64 copies of A~ would win back. The residual reported here is
     # that of K Z and does not see this rounding of D. A sharded A~ is not refined.
+    residual = relative_residual(realized, T)
     if (exact and A.dtype == torch.float64 and status != NONFINITE and cfg.gram_reduce is None
-            and _relative_error(realized, T) > REFINE_RTOL):
-        D, realized = refine_gram_solution(with_ones(A, bias), K64, T64, sol.Z, cfg.backend)
-        dW, db = _split(D, bias)
-        return CouplingSolution(realized=realized, rank=rank, method=f"{route}+refined",
-                                exact=True, dW=dW, db=db, finite=bool(torch.isfinite(D).all()),
-                                bias=bias)
+            and residual > REFINE_RTOL):
+        At = with_ones(A, bias)
+        D, realized, residual = refine_gram_solution(At, K64, T64, sol.Z, cfg.backend)
+        refined = _finish_dense(At, T, D, bias, rank, f"{route}+refined", True, realized)
+        refined.residual = residual
+        return refined
     return CouplingSolution(realized=realized, rank=rank, method=route, exact=exact,
-                            Z=Z, finite=status != NONFINITE, bias=bias)
+                            Z=Z, finite=status != NONFINITE, bias=bias, residual=residual)
 
 
 def solve_coupling(A, T, bias: bool, cfg: SolverConfig,
                    max_rank: int | None = None) -> CouplingSolution:
-    """Dispatch one coupling's ``pinv(A~) T`` to the configured solver."""
+    """Dispatch one coupling's ``pinv(A~) T`` to the configured solver; the solution carries
+    its ``residual``."""
+    sol = _route(A, T, bias, cfg, max_rank)
+    if sol.residual is None:
+        sol.residual = relative_residual(sol.realized, T)
+    return sol
+
+
+def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
     n, m = A.shape[0], A.shape[1] + (1 if bias else 0)
     if cfg.solver == "transpose":
         return solve_transpose(A, T, bias, cfg)
