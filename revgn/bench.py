@@ -22,8 +22,21 @@ import torch.nn.functional as F
 import revgn
 
 
+WORKLOADS = ("synthetic", "paper-mnist")
+
+#: the paper's MNIST settings (Buffelli et al., their released configs): ExactGN's options and
+#: Adam's learning rate
+PAPER_GN_OPTIONS = dict(lr=0.1, loss="cross_entropy", curvature="identity",
+                        step_scaling="per_block", rtol=1e-2, atol=1e-5)
+PAPER_ADAM_LR = 1e-4
+
+
 @dataclass
 class Case:
+    """One benchmark problem. ``workload="synthetic"``: a Gaussian batch and random labels
+    (every coupling has full rank, the Cholesky route); ``"paper-mnist"``: the first ``n`` real
+    MNIST training images and the paper's settings (``PAPER_GN_OPTIONS``; every coupling
+    truncates). ``data_dir`` is the MNIST folder (None: ``revgn.data.default_mnist_dir()``)."""
     n: int = 256
     d: int = 784
     M: int = 2048
@@ -31,36 +44,74 @@ class Case:
     k: int = 10
     dtype: str = "float32"
     device: str = "cpu"
+    workload: str = "synthetic"
+    data_dir: str | None = None
 
     def label(self) -> str:
-        return f"n={self.n} d={self.d} M={self.M} L={self.L} {self.dtype}"
+        prefix = "" if self.workload == "synthetic" else f"{self.workload} "
+        return f"{prefix}n={self.n} d={self.d} M={self.M} L={self.L} {self.dtype}"
+
+    def gn_options(self) -> dict:
+        if self.workload == "paper-mnist":
+            return dict(PAPER_GN_OPTIONS)
+        return dict(lr=1e-3)
+
+    def adam_lr(self) -> float:
+        return PAPER_ADAM_LR if self.workload == "paper-mnist" else 1e-6
+
+
+def paper_mnist_case(device: str = "cpu", data_dir: str | None = None, n: int = 1024) -> Case:
+    """The paper's MNIST full-batch workload: ``RevMLP(784, 10, depth=2, bottleneck=8000)`` on
+    the first ``n`` training images."""
+    return Case(n=n, d=784, M=8000, L=2, device=device, workload="paper-mnist",
+                data_dir=data_dir)
+
+
+def _mnist_batch(case: Case):
+    from revgn.data import default_mnist_dir, load_mnist
+    folder = case.data_dir or default_mnist_dir()
+    if folder is None:
+        raise FileNotFoundError("the paper-mnist workload needs MNIST: pass --data-dir or set "
+                                "REVGN_MNIST_DIR to a folder of the IDX files")
+    data = load_mnist(folder)
+    if len(data.x_train) < case.n:
+        raise ValueError(f"{folder} has {len(data.x_train)} training images; the workload "
+                         f"needs {case.n}")
+    return data.x_train[:case.n], data.y_train[:case.n]
 
 
 def make_problem(case: Case, seed: int = 0):
+    if case.workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {case.workload!r}; choose one of {WORKLOADS}")
     torch.manual_seed(seed)
     dtype = getattr(torch, case.dtype)
     model = revgn.RevMLP(case.d, case.k, depth=case.L, bottleneck=case.M).to(case.device, dtype)
+    if case.workload == "paper-mnist":
+        x, y = _mnist_batch(case)
+        return model, x.to(case.device, dtype), y.to(case.device)
     x = torch.randn(case.n, case.d, device=case.device, dtype=dtype)
     y = torch.randint(0, case.k, (case.n,), device=case.device)
     return model, x, y
 
 
 def gn_step(model, x, y, **options):
-    opt = revgn.ExactGN(model, lr=1e-3, **options)
+    opt = revgn.ExactGN(model, **options)
 
     def run():
         opt.step(x, y)
     return run
 
 
-def authors_step(model, x, y):
-    """The authors' algorithm: forward-mode AD through the inverse and an SVD of every ``A~``."""
-    return gn_step(model, x, y, solver="svd", tangent_mode="autodiff", step_scaling="per_block",
-                   backend="reference")
+def authors_step(model, x, y, case: Case):
+    """The authors' algorithm: forward-mode AD through the inverse and an SVD of every ``A~``,
+    at the workload's thresholds and learning rate."""
+    options = dict(case.gn_options(), solver="svd", tangent_mode="autodiff",
+                   step_scaling="per_block", backend="reference")
+    return gn_step(model, x, y, **options)
 
 
-def adam_step(model, x, y):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+def adam_step(model, x, y, case: Case):
+    opt = torch.optim.Adam(model.parameters(), lr=case.adam_lr())
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -69,12 +120,24 @@ def adam_step(model, x, y):
     return run
 
 
+#: ``STEPS[name](model, x, y, case)``: a closure running one step of that implementation
 STEPS = {
-    "gn_auto": lambda m, x, y: gn_step(m, x, y, backend="auto"),
-    "gn_reference": lambda m, x, y: gn_step(m, x, y, backend="reference"),
+    "gn_auto": lambda m, x, y, c: gn_step(m, x, y, **c.gn_options(), backend="auto"),
+    "gn_reference": lambda m, x, y, c: gn_step(m, x, y, **c.gn_options(), backend="reference"),
     "authors": authors_step,
     "adam": adam_step,
 }
+
+
+def coupling_routes(case: Case) -> list[dict]:
+    """Each coupling's solver route and rank in one GN step of ``case`` (block order)."""
+    model, x, y = make_problem(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = revgn.ExactGN(model, **case.gn_options()).step(x, y)
+    rows = [dict(block=r.block, coupling=r.coupling, rank=r.rank, rows=r.rows, method=r.method,
+                 residual=r.residual) for r in result.blocks]
+    return sorted(rows, key=lambda r: (r["block"], r["coupling"]))
 
 
 def gn_step_flops(case: Case) -> float:
@@ -162,7 +225,7 @@ def time_case(case: Case, names=tuple(STEPS), repeats: int = 5) -> dict:
     fns = {}
     for name in names:
         model, x, y = make_problem(case)
-        fns[name] = STEPS[name](model, x, y)
+        fns[name] = STEPS[name](model, x, y, case)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return median_times(fns, case.device, repeats)
@@ -172,7 +235,7 @@ def _memory_in_this_process(case: Case, name: str) -> int:
     model, x, y = make_problem(case)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return peak_memory_rise(STEPS[name](model, x, y), case.device)
+        return peak_memory_rise(STEPS[name](model, x, y, case), case.device)
 
 
 def memory_case(case: Case, names=("gn_auto", "adam")) -> dict:
@@ -193,34 +256,55 @@ def memory_case(case: Case, names=("gn_auto", "adam")) -> dict:
     return out
 
 
-def run_suite(device="cpu", repeats=5, quick=False) -> dict:
-    step = Case(device=device) if device == "cpu" else Case(n=1024, d=3072, M=8000, L=6,
-                                                             device=device)
+def step_case(device="cpu", quick=False, workload="synthetic", data_dir=None) -> Case:
+    """The timed problem of ``run_suite``."""
+    if workload == "paper-mnist":
+        if quick:
+            return Case(n=128, d=784, M=1024, L=2, device=device, workload=workload,
+                        data_dir=data_dir)
+        return paper_mnist_case(device, data_dir)
+    if workload != "synthetic":
+        raise ValueError(f"unknown workload {workload!r}; choose one of {WORKLOADS}")
     if quick:
-        step = Case(n=64, d=128, M=256, L=2, device=device)
+        return Case(n=64, d=128, M=256, L=2, device=device)
+    if device == "cpu":
+        return Case(device=device)
+    return Case(n=1024, d=3072, M=8000, L=6, device=device)
+
+
+def memory_cases(step: Case, quick=False) -> list[Case]:
+    """The peak-memory problems: the timed one at the paper workload, else depths 2..8."""
+    if step.workload != "synthetic":
+        return [step]
+    if quick:
+        return [Case(n=128, d=32, M=512, L=L, device=step.device) for L in (2, 8)]
+    return [Case(n=1024, d=64, M=4096, L=L, device=step.device) for L in (2, 4, 8)]
+
+
+def run_suite(device="cpu", repeats=5, quick=False, workload="synthetic", data_dir=None) -> dict:
+    step = step_case(device, quick, workload, data_dir)
     names = ("gn_auto", "gn_reference", "authors", "adam")
+    routes = coupling_routes(step)
     times = time_case(step, names, repeats)
-    mem_cases = [Case(n=1024, d=64, M=4096, L=L, device=device) for L in (2, 4, 8)]
-    if quick:
-        mem_cases = [Case(n=128, d=32, M=512, L=L, device=device) for L in (2, 8)]
-    memory = [{"L": c.L, **memory_case(c)} for c in mem_cases]
-    rates = {
-        "gn_auto": gn_step_flops(step) / times["gn_auto"] / 1e12,
-        "adam": adam_step_flops(step) / times["adam"] / 1e12,
-    }
+    memory = [{"L": c.L, **memory_case(c)} for c in memory_cases(step, quick)]
     ratios = {
         "gn_auto / adam": times["gn_auto"] / times["adam"],
         "authors / gn_auto": times["authors"] / times["gn_auto"],
         "gn_auto / gn_reference": times["gn_auto"] / times["gn_reference"],
     }
     first, last = memory[0], memory[-1]
-    ratios[f"gn peak rise L={last['L']} / L={first['L']}"] = last["gn_auto"] / first["gn_auto"]
-    ratios[f"adam peak rise L={last['L']} / L={first['L']}"] = last["adam"] / first["adam"]
-    return {
+    if len(memory) > 1:
+        ratios[f"gn peak rise L={last['L']} / L={first['L']}"] = last["gn_auto"] / first["gn_auto"]
+        ratios[f"adam peak rise L={last['L']} / L={first['L']}"] = last["adam"] / first["adam"]
+    else:
+        ratios["gn peak rise / adam peak rise"] = first["gn_auto"] / first["adam"]
+    report = {
         "step_case": asdict(step),
+        "gn_options": step.gn_options(),
+        "adam_lr": step.adam_lr(),
+        "couplings": routes,
         "seconds": times,
-        "tflops": rates,
-        "flop_ratio_gn_over_adam": gn_step_flops(step) / adam_step_flops(step),
+        "repeats": repeats,
         "ratios": ratios,
         "memory_bytes": memory,
         "backend_auto": revgn.backend.resolve("auto", torch.device(device)),
@@ -228,12 +312,24 @@ def run_suite(device="cpu", repeats=5, quick=False) -> dict:
         "torch": torch.__version__,
         "device_name": (torch.cuda.get_device_name() if device == "cuda" else "cpu"),
     }
+    if workload == "synthetic":
+        # the GEMM count of the generic algorithm; the real workload's truncated and structured
+        # solves have no such closed form
+        report["tflops"] = {
+            "gn_auto": gn_step_flops(step) / times["gn_auto"] / 1e12,
+            "adam": adam_step_flops(step) / times["adam"] / 1e12,
+        }
+        report["flop_ratio_gn_over_adam"] = gn_step_flops(step) / adam_step_flops(step)
+    return report
 
 
 def format_report(report: dict) -> str:
     case = Case(**report["step_case"])
     lines = [f"GN step, {case.label()}, {report['device_name']}, {report['threads']} threads, "
              f"auto -> {report['backend_auto']}"]
+    for row in report.get("couplings", []):
+        lines.append(f"  block {row['block']} {row['coupling']}: rank {row['rank']}/{row['rows']}"
+                     f"  {row['method']}")
     for name, sec in report["seconds"].items():
         lines.append(f"  {name:<14}{sec * 1e3:10.2f} ms")
     for name, rate in report.get("tflops", {}).items():
@@ -245,7 +341,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:<32}{value:8.2f}")
     lines.append("peak memory rise during one step (MiB):")
     for row in report["memory_bytes"]:
-        lines.append(f"  L={row['L']:<3} gn {row['gn_auto'] / 2**20:9.1f}   "
+        lines.append(f"  L={row['L']:<3} gn_auto {row['gn_auto'] / 2**20:9.1f}   "
                      f"adam {row['adam'] / 2**20:9.1f}")
     return "\n".join(lines)
 
@@ -276,7 +372,9 @@ def plot_report(report: dict, path: str) -> None:
 
 
 def main(args) -> int:
-    report = run_suite(device=args.device, repeats=args.repeats, quick=args.quick)
+    report = run_suite(device=args.device, repeats=args.repeats, quick=args.quick,
+                       workload=getattr(args, "workload", "synthetic"),
+                       data_dir=getattr(args, "data_dir", None))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report, f, indent=2)
