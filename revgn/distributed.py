@@ -328,6 +328,7 @@ class DistributedExactGN(torch.optim.Optimizer):
             del couplings, A, sol  # one block's (n, M_r) workspace alive at a time
         # the bottom block rebuilds only the X2 half of the input, as in ExactGN
         result.inversion_error = relative_residual(X2, x[:, m.half:])
+        result._order_blocks()
         state = self.state[self.param_groups[0]["params"][0]]
         state["step"] = state.get("step", 0) + 1
         return result
@@ -411,6 +412,7 @@ class DistributedExactGN(torch.optim.Optimizer):
         if self.on_nonfinite == "raise":
             raise NonFiniteStepError(f"{why}; the parameters were left unchanged "
                                      "(on_nonfinite='skip' reports instead of raising)")
+        result._order_blocks()
         result.applied, result.skipped_reason = False, why
         return result
 

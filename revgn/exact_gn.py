@@ -14,7 +14,8 @@ from revgn.ops import jt_product, jt_update_
 from revgn.solvers import SOLVERS, SolverConfig
 from revgn.sweep import (TANGENT_MODES, CouplingReport, forward_for_sweep, gn_sweep,
                          relative_residual)
-from revgn.validation import (check_choice, check_features, check_nonnegative, check_targets)
+from revgn.validation import (check_choice, check_features, check_nonnegative, check_targets,
+                              step_batch)
 
 STEP_SCALINGS = ("function", "per_block")
 NONFINITE_POLICIES = ("raise", "skip")
@@ -25,9 +26,13 @@ class GNStepResult:
     """What one GN step did.
 
     ``loss`` is the batch loss before the step; ``blocks`` holds one exactness report per
-    coupling (last block first); ``exact`` is true when every coupling realized its target
-    exactly; ``inversion_error`` is the largest ``||X(rebuilt) - X|| / ||X||`` of the sweep, at its
-    end (the input) and at every anchor.
+    coupling in block order (``blocks[2 * l]`` is block ``l``'s F, ``blocks[2 * l + 1]`` its G;
+    each report names its ``block`` and ``coupling`` too), although the sweep solves the last
+    block first; ``exact`` is true when every coupling realized its target exactly;
+    ``inversion_error`` is the largest ``||X(rebuilt) - X|| / ||X||`` of the sweep, at its end
+    (the input) and at every anchor. ``applied`` says whether the parameters moved: False for
+    the result of ``direction()``, which applies nothing, and for a skipped step
+    (``skipped_reason`` says why).
     """
     loss: float
     blocks: list[CouplingReport] = field(default_factory=list)
@@ -37,6 +42,9 @@ class GNStepResult:
     #: block spacing of the stream anchors the sweep snapped to (None: none were used)
     anchor_every: int | None = None
     reanchored: bool = False
+
+    def _order_blocks(self) -> None:
+        self.blocks.sort(key=lambda r: (r.block, r.coupling))
 
     @property
     def exact(self) -> bool:
@@ -164,21 +172,28 @@ class ExactGN(torch.optim.Optimizer):
     def direction(self, x, y):
         """The parameter change one ``step(x, y)`` would apply, without applying it.
 
-        Returns ``(deltas, result)``: one tensor per parameter of ``model.parameters()``.
+        Returns ``(deltas, result)``: one tensor per parameter of ``model.parameters()``, and
+        the step's ``GNStepResult`` with ``applied=False`` (nothing was applied).
         """
         deltas = {id(p): torch.zeros_like(p) for p in self._params()}
         result = self._run(x, y, lambda update, A: self._accumulate(deltas, update, A),
                            commit=False)
+        result.applied = False
         return [deltas[id(p)] for p in self._params()], result
 
     @torch.no_grad()
-    def step(self, x, y) -> GNStepResult:  # noqa: D401 - signature differs from Optimizer.step
+    def step(self, x=None, y=None, closure=None) -> GNStepResult:  # noqa: D417
         """One GN step on the batch ``(x, y)``; returns a ``GNStepResult``.
+
+        No ``loss.backward()`` is needed: the step differentiates the model itself. Training
+        loops that call ``optimizer.step(closure)`` work when the closure returns the batch,
+        ``opt.step(lambda: (x, y))``.
 
         Each block's update is applied as soon as it is solved (no stored directions, one block's
         workspace alive at a time). Should a later block fail, the blocks already updated are
         restored by subtracting their update again, rebuilding ``A`` from the coupling's input.
         """
+        x, y = step_batch(type(self).__name__, x, y, closure, self._params())
         applied: list[CouplingUpdate] = []
 
         def apply(update, A):
@@ -245,7 +260,8 @@ class ExactGN(torch.optim.Optimizer):
         model = self.model
         ref = model.U
         x = check_features(x, model.in_features, ref.dtype, ref.device)
-        y = check_targets(y, x.shape[0], self.loss, model.num_classes, ref.dtype, ref.device)
+        y = check_targets(y, x.shape[0], self.loss, model.num_classes, ref.dtype, ref.device,
+                          LOSSES)
         return x, y
 
     def _run(self, x, y, consume, commit: bool) -> GNStepResult:
@@ -286,6 +302,7 @@ class ExactGN(torch.optim.Optimizer):
             del block_step
         # the bottom block rebuilds only the X2 half of the input: the drift is measured there
         result.inversion_error = max([relative_residual(X2, x[:, model.half:])] + drifts)
+        result._order_blocks()
         self._warn_inexact(result)
         if commit:
             state = self.state[self._params()[0]]
@@ -348,6 +365,7 @@ class ExactGN(torch.optim.Optimizer):
             deltas[id(coupling.b)] = -scale * db - decay * coupling.b
 
     def _nonfinite(self, result: GNStepResult, why: str) -> GNStepResult:
+        result._order_blocks()
         if self.on_nonfinite == "raise":
             raise NonFiniteStepError(f"{why}; the parameters were left unchanged "
                                      "(on_nonfinite='skip' reports instead of raising)")

@@ -28,7 +28,7 @@ from revgn.egn.jacobian import JACOBIAN_MODES, resolve_path, row_jacobian
 from revgn.egn.losses import EGN_LOSSES, hessian, mean_loss, output_model
 from revgn.egn.rowsystem import row_coefficients
 from revgn.exact_gn import NonFiniteStepError
-from revgn.validation import check_choice, check_nonnegative
+from revgn.validation import check_choice, check_nonnegative, step_batch
 
 
 @dataclass
@@ -131,16 +131,18 @@ class EGN(torch.optim.Optimizer):
     def direction(self, x, y) -> list[torch.Tensor]:
         """The plain damped GN direction ``d`` at the current damping (no momentum, no step
         size), one tensor per trainable parameter, in ``model.parameters()`` order."""
-        *_, d = self._solve(check_batch(x), y)
+        *_, d = self._solve(check_batch(x, self.model), y)
         return [d[p] for p in self._params()]
 
     def jacobian_path(self, x) -> str:
         """``"structured"`` or ``"explicit"``: the path ``step(x, ...)`` takes."""
-        return resolve_path(self.model, check_batch(x), self.jacobian)
+        return resolve_path(self.model, check_batch(x, self.model), self.jacobian)
 
-    def step(self, x, y) -> EGNResult:  # noqa: D417 - not the closure signature of Optimizer
-        """One step on the batch ``(x, y)``; see the class docstring."""
-        x = check_batch(x)
+    def step(self, x=None, y=None, closure=None) -> EGNResult:  # noqa: D417
+        """One step on the batch ``(x, y)``; see the class docstring. No ``loss.backward()`` is
+        needed; ``opt.step(closure)`` works with a closure that returns the batch ``(x, y)``."""
+        x, y = step_batch(type(self).__name__, x, y, closure, self._params())
+        x = check_batch(x, self.model)
         group = self.param_groups[0]
         lam = float(group["damping"])
         jac, f, y, om, d = self._solve(x, y)
@@ -204,7 +206,7 @@ class EGN(torch.optim.Optimizer):
         jac = row_jacobian(self.model, x, self.jacobian, self.backend)
         f = jac.outputs.detach()
         check_outputs(f, x.shape[0])
-        y = check_targets(f, y, self.loss)
+        y = check_targets(f, y, self.loss, EGN_LOSSES)
         om = output_model(f, y, self.loss)
         mu = f.shape[0] * float(self.param_groups[0]["damping"])
         u, _ = row_coefficients(jac.gram(), om, mu, self.backend)
