@@ -79,19 +79,30 @@ def resolve(name: str, device: torch.device) -> str:
 
 
 def summary() -> dict:
-    """What is built and usable here (shown by `revgn info`)."""
+    """What is installed and what of it is usable on each device here (shown by `revgn info`).
+
+    ``installed``: the Triton version (None: not installed), whether revgn's Triton kernels
+    import, and the extension's build record. ``usable``: per device, the backends that can run
+    there now (Triton on the CPU only under ``TRITON_INTERPRET=1``; None: no such device).
+    ``auto``: what ``backend="auto"`` picks per device.
+    """
     from revgn import _extension
-    cpu = torch.device("cpu")
-    out = {
-        "reference": True,
-        "cpp": available("cpp", cpu),
-        "triton": triton_available(),
+    try:
+        import triton
+        triton_version = getattr(triton, "__version__", "unknown")
+    except ImportError:
+        triton_version = None
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    none = {"cuda": None} if len(devices) == 1 else {}  # no device: nothing to list
+    return {
+        "installed": {
+            "triton": triton_version,
+            "triton_kernels_load": triton_version is not None and triton_available(),
+            "extension": _extension.build_info(),
+        },
+        "usable": {**{d: [name for name in BACKENDS[1:] if available(name, torch.device(d))]
+                      for d in devices}, **none},
+        "auto": {**{d: resolve("auto", torch.device(d)) for d in devices}, **none},
         "triton_interpreter": triton_interpreted(),
         "cuda_device": torch.cuda.is_available(),
-        "cuda": torch.cuda.is_available() and available("cuda", torch.device("cuda")),
-        "auto_cpu": resolve("auto", cpu),
-        "extension": _extension.build_info(),
     }
-    if torch.cuda.is_available():
-        out["auto_cuda"] = resolve("auto", torch.device("cuda"))
-    return out

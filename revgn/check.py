@@ -204,16 +204,23 @@ def format_rows(rows) -> str:
 
 
 def main(args) -> int:
+    from revgn._cli import UsageError, require_device
+    from revgn.backend import triton_interpreted
+    require_device(args.device)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device here")
-    if args.backend != "all" and args.backend not in backends_to_check(device):
-        print(f"backend {args.backend!r} is not available on {device}: `revgn info` says what "
-              "is built")
-        return 2
-    backends = backends_to_check(device) if args.backend == "all" else [args.backend]
+    available = backends_to_check(device)
+    if args.backend != "all" and args.backend not in available:
+        hint = "`revgn info` says what is installed and usable here"
+        if args.backend == "triton" and device.type == "cpu" and not triton_interpreted():
+            hint = ("on the CPU the Triton kernels run only in the interpreter: "
+                    "TRITON_INTERPRET=1 revgn check --backend triton")
+        elif args.backend == "cuda" and device.type == "cpu":
+            hint = "the cuda backend runs on a GPU: --device cuda"
+        raise UsageError(f"backend {args.backend!r} is not usable on {device}; {hint}")
+    backends = available if args.backend == "all" else [args.backend]
     if not backends:
-        print(f"no fast backend is available on {device}: `revgn info` says what is built"
+        print(f"no fast backend is usable on {device}, nothing to check: `revgn info` says what "
+              "is installed"
               + ("; set TRITON_INTERPRET=1 to run the Triton kernels on the CPU (slow)"
                  if device.type == "cpu" else ""))
         return 0

@@ -37,6 +37,13 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IDX_IMAGES, IDX_LABELS = 2051, 2049
 MNIST_SHAPE = (28, 28)
 CIFAR_FEATURES = 3 * 32 * 32
+#: where the files come from, for messages about missing data
+MNIST_SOURCE = ("the four IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (.gz or unpacked), from "
+                "http://yann.lecun.com/exdb/mnist/ or written by torchvision.datasets.MNIST(DIR, "
+                "download=True) into DIR/MNIST/raw")
+CIFAR_SOURCE = ("the CIFAR-10 python version (cifar-10-python.tar.gz from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html, unpacked)")
 
 
 @dataclass
@@ -323,11 +330,13 @@ def load_dataset(name: str, data_dir=None, seed: int = 0, **kwargs) -> Dataset:
     if name == "mnist":
         folder = data_dir or default_mnist_dir()
         if folder is None:
-            raise FileNotFoundError("no MNIST folder: pass --data-dir or set REVGN_MNIST_DIR")
+            raise FileNotFoundError("MNIST not found: pass --data-dir DIR or set "
+                                    f"REVGN_MNIST_DIR=DIR, a folder holding {MNIST_SOURCE}")
         return load_mnist(folder, **kwargs)
     if name == "cifar10":
         if data_dir is None:
-            raise FileNotFoundError("CIFAR-10 needs --data-dir (a folder of python batches)")
+            raise FileNotFoundError(f"CIFAR-10 needs --data-dir DIR, a folder holding "
+                                    f"{CIFAR_SOURCE}")
         return load_cifar10(data_dir)
     if name == "teacher":
         return teacher_student(seed=seed, **kwargs)

@@ -30,6 +30,10 @@ def _train_step(name, opt, model, xb, yb):
 
 def run(epochs: int = 5, batch_size: int = 128, bottleneck: int = 1024, depth: int = 2,
         seed: int = 0, lrs=None):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size),
+                        ("bottleneck", bottleneck), ("depth", depth)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
     lrs = lrs or {"gn": 1.0, "adam": 1e-3, "sgd": 0.1}
     data = load_digits_dataset(seed)
     xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test

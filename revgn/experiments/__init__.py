@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from revgn._cli import data_error, require_device
 from revgn.data import load_dataset
 from revgn.experiments import arbel, plots
 from revgn.experiments.config import QUICK_EXAMPLES, build_parser, make_config
@@ -66,18 +67,23 @@ def arbel_jobs(cfg, data):
 
 
 def main(argv=None) -> int:
-    args = build_parser(NAMES).parse_args(argv)
+    parser = build_parser(NAMES)
+    args = parser.parse_args(argv)
     cfg = make_config(args)
     if cfg["experiment"] == "arbel-regimes" and cfg["dataset"] != "teacher":
-        raise SystemExit("arbel-regimes runs on the teacher-student data (--dataset teacher)")
-    os.makedirs(args.out, exist_ok=True)
+        parser.error("arbel-regimes runs on the teacher-student data (--dataset teacher)")
+    require_device(cfg["device"])
     t0 = time.perf_counter()
     if cfg["experiment"] == "arbel-regimes":
         data = arbel.load(cfg)
         jobs, extra = arbel_jobs(cfg, data)
     else:
-        data = prepare_data(cfg)
+        try:
+            data = prepare_data(cfg)
+        except (FileNotFoundError, ValueError) as exc:  # missing or unreadable files
+            raise data_error(exc, cfg["dataset"]) from None
         jobs, extra = revmlp_jobs(cfg, data)
+    os.makedirs(args.out, exist_ok=True)
     cfg["notes"] += data.notes
     progress = Progress(sum(j.work for j in jobs), cfg["experiment"])
     runs = run_jobs(jobs, args.out, progress)

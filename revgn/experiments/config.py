@@ -17,32 +17,48 @@ QUICK_EXAMPLES = (512, 256)  # training, test examples of a --quick run
 
 
 def build_parser(names) -> argparse.ArgumentParser:
+    from revgn._cli import EXIT_STATUS, HelpFormatter, positive_float, positive_int
     p = argparse.ArgumentParser(
         prog="revgn experiment",
         description="The papers' experiments (docs/EXPERIMENTS.md). Each writes DIR/results.json, "
                     "PNG figures and a summary table; finished runs are kept under DIR/runs/ and "
-                    "skipped when the same command runs again.")
-    p.add_argument("name", choices=names)
+                    "skipped when the same command runs again. Defaults are sized for a CPU.",
+        epilog=EXIT_STATUS, formatter_class=HelpFormatter)
+    p.add_argument("name", choices=names, help="the experiment")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="default: digits (teacher for arbel-regimes)")
-    p.add_argument("--data-dir", default=None, help="MNIST IDX or CIFAR-10 batches folder")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs (arbel-regimes: GN steps)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--bottleneck", type=int, default=None, help="inverted bottleneck M")
-    p.add_argument("--depth", type=int, default=None, help="reversible blocks L")
-    p.add_argument("--gn-lr", type=float, default=None,
+    p.add_argument("--data-dir", default=None,
+                   help="MNIST IDX or CIFAR-10 python-batches folder (default for MNIST: "
+                        "$REVGN_MNIST_DIR, else shared/data/mnist beside the checkout)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="default: 30, 2 with --quick, 100 with --paper (arbel-regimes: GN "
+                        "steps, default 100, 5 with --quick)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="one run per seed; default: 42 43 44 (0 with --quick)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="default: 256, 128 with --quick, 1024 with --paper")
+    p.add_argument("--bottleneck", type=positive_int, default=None,
+                   help="inverted bottleneck M; default: 1024, 128 with --quick, 8000 with --paper")
+    p.add_argument("--depth", type=positive_int, default=None,
+                   help="reversible blocks L; default: 2 (6 for cifar10)")
+    p.add_argument("--gn-lr", type=positive_float, default=None,
                    help="GN learning rate (default: the experiment's, per_block scaling)")
-    p.add_argument("--adam-lr", type=float, default=None)
-    p.add_argument("--sgd-lr", type=float, default=None)
-    p.add_argument("--width", type=int, default=None,
-                   help="arbel-regimes: hidden units of the student (paper: 5000)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's sizes and hyperparameters (GPU-sized)")
-    p.add_argument("--quick", action="store_true", help="a CI-sized run (seconds)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--adam-lr", type=positive_float, default=None,
+                   help="default: 1e-3 (--paper: 1e-4, 1e-5 for CIFAR-10 full batch)")
+    p.add_argument("--sgd-lr", type=positive_float, default=None,
+                   help="default: 0.1 (0.01 for cifar10)")
+    p.add_argument("--width", type=positive_int, default=None,
+                   help="arbel-regimes: hidden units of the student (default: 1000, 100 with "
+                        "--quick; paper: 5000)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the runs train (cuda needs a visible GPU)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--paper", action="store_true",
+                      help="the paper's sizes and hyperparameters (GPU-sized)")
+    size.add_argument("--quick", action="store_true", help="a CI-sized run (seconds)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for results.json, the figures and runs/ (created; the same "
+                        "command again resumes there)")
     return p
 
 
@@ -53,7 +69,8 @@ def _pick(value, default):
 def make_config(args) -> dict:
     """Every setting the runs depend on, resolved from the flags and the dataset."""
     if args.quick and args.paper:
-        raise SystemExit("--quick and --paper exclude each other")
+        from revgn._cli import UsageError
+        raise UsageError("--quick and --paper exclude each other")
     arbel = args.name == "arbel-regimes"
     dataset = args.dataset or ("teacher" if arbel else "digits")
     base = dict(experiment=args.name, dataset=dataset, data_dir=args.data_dir, quick=args.quick,
