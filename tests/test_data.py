@@ -134,12 +134,20 @@ def test_default_mnist_dir_honors_the_environment(tmp_path, monkeypatch):
                     reason="the shared MNIST test set is not beside this checkout")
 def test_real_mnist_test_set():
     folder = Path(os.environ.get("REVGN_MNIST_DIR") or SHARED_MNIST)
-    with pytest.warns(UserWarning, match="first 8000"):
-        ds = data.load_dataset("mnist", data_dir=folder)
-    assert ds.x_train.shape == (8000, 784) and ds.x_test.shape == (2000, 784)
-    counts = torch.bincount(torch.cat([ds.y_train, ds.y_test]), minlength=10)
+    if data._find(folder, "train-images-idx3-ubyte") is not None:
+        ds = data.load_dataset("mnist", data_dir=folder)  # the standard 60,000 / 10,000 split
+        test = (ds.x_test, ds.y_test)
+        assert ds.x_train.shape == (60000, 784)
+        assert torch.bincount(ds.y_train, minlength=10).tolist() == [
+            5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    else:  # only the test file: it is split 8000 / 2000
+        with pytest.warns(UserWarning, match="first 8000"):
+            ds = data.load_dataset("mnist", data_dir=folder)
+        assert ds.x_train.shape == (8000, 784) and ds.x_test.shape == (2000, 784)
+        test = (torch.cat([ds.x_train, ds.x_test]), torch.cat([ds.y_train, ds.y_test]))
+    counts = torch.bincount(test[1], minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    pixels = torch.cat([ds.x_train, ds.x_test]) * 0.3081 + 0.1307
+    pixels = test[0] * 0.3081 + 0.1307
     assert float(pixels.mean()) == pytest.approx(0.1325, abs=5e-4)
     assert float(pixels.std()) == pytest.approx(0.3105, abs=5e-4)
 
