@@ -49,7 +49,7 @@ def test_coupling_tangent(ops, device, dtype, activation):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,M", [(1, 7), (33, 130), (64, 17)])
+@pytest.mark.parametrize("n,M", [(1, 7), (33, 130), (64, 17), (257, 40), (515, 9), (1030, 21)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gram(ops, device, dtype, n, M, bias):
     A = torch.randn(n, M, dtype=dtype, device=_device(device))
