@@ -52,9 +52,23 @@ class Coupling(nn.Module):
         """``A = s(u C)``, the matrix whose pseudoinverse gives the update of ``W``."""
         return self._act.fn(self.preactivation(u))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        out = self.activations(u) @ self.W.t()
+    def forward(self, u: torch.Tensor, fold: torch.Tensor | None = None) -> torch.Tensor:
+        """``s(u C) W^T + b``; with ``fold = folded()`` of a linear coupling, ``u (C W^T) + b``."""
+        if fold is None:
+            out = self.activations(u) @ self.W.t()
+        else:
+            out = u @ fold
         return out + self.b if self.b is not None else out
+
+    def foldable(self) -> bool:
+        """A linear coupling with a bottleneck: ``A = u C`` for a fixed ``C``, so every product
+        through ``A`` can go through the ``h x h`` ``C W^T`` and ``C C^T`` instead."""
+        return self._act.linear and self.C is not None
+
+    def folded(self) -> torch.Tensor:
+        """``C W^T`` (h x h) of a ``foldable()`` coupling: ``u C W^T`` then costs ``h^2 M`` once
+        and ``n h^2`` per batch instead of ``2 n h M``."""
+        return self.C @ self.W.t()
 
     def max_rank(self) -> int | None:
         """Upper bound on ``rank([A, 1])`` known in advance (linear activation), else None."""
@@ -74,9 +88,11 @@ class RevBlock(nn.Module):
         self.F = Coupling(half, bottleneck, activation, init_std, bias)
         self.G = Coupling(half, bottleneck, activation, init_std, bias)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        y1 = x1 + self.F(x2)
-        y2 = x2 + self.G(y1)
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, folds: dict | None = None):
+        """``folds`` maps a coupling to its ``folded()`` product, used in its place."""
+        folds = folds or {}
+        y1 = x1 + self.F(x2, folds.get(self.F))
+        y2 = x2 + self.G(y1, folds.get(self.G))
         return y1, y2
 
     def inverse(self, y1: torch.Tensor, y2: torch.Tensor):
@@ -152,17 +168,18 @@ class RevMLP(ReversibleStack):
         return self.stream_with_anchors(x)[0]
 
     def stream_with_anchors(self, x: torch.Tensor, every: int | None = None,
-                            blocks: int | None = None):
+                            blocks: int | None = None, folds: dict | None = None):
         """``(X, anchors)``: the stream after the first ``blocks`` blocks (all by default), and
         ``anchors[l]``, the input ``(X1, X2)`` of block ``l`` for every ``l`` that is a positive
         multiple of ``every`` (none when ``every`` is None). The GN sweep snaps its rebuilt stream
-        to these to stop inversion drift accumulating."""
+        to these to stop inversion drift accumulating. ``folds`` goes to every block
+        (``RevBlock.forward``)."""
         x1, x2 = self.split(self.flatten(x))
         anchors = {}
         for l, block in enumerate(self.blocks[:blocks]):
             if every and l and l % every == 0:
                 anchors[l] = (x1, x2)
-            x1, x2 = block(x1, x2)
+            x1, x2 = block(x1, x2, folds)
         return torch.cat([x1, x2], dim=1), anchors
 
     def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:

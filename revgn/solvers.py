@@ -8,7 +8,9 @@
 
 Solvers (they agree where their assumptions hold):
 
-- ``cholesky`` (default), ``eigh``, ``damped``: the Gram route above (``revgn.ops.gram_solve``).
+- ``cholesky`` (default), ``eigh``, ``damped``, ``projector``: the Gram route above
+  (``revgn.ops.gram_solve``); ``projector`` truncates like ``eigh`` from GEMMs and a Cholesky
+  (for GPUs, where an eigen-solve is latency-bound), for ``rtol >= PROJECTOR_MIN_RTOL``.
 - ``svd``: ``torch.linalg.svd`` of ``A~`` itself (the authors' method; reference only).
 - ``qr``: ``A~^T = Q R``, then the SVD of the small ``R``: exact truncation without squaring the
   condition number.
@@ -31,11 +33,16 @@ from typing import Callable
 
 import torch
 
+from revgn.linear_coupling import LINEAR_SOLVERS, LinearSolve, bottleneck_gram, linear_update
 from revgn.ops import gram, gram_solve, jt_product
 from revgn.ops.solve import FELL_BACK, NONFINITE, largest_eigenvalue
 
-SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose")
-GRAM_SOLVERS = ("cholesky", "eigh", "damped")
+SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose", "projector")
+GRAM_SOLVERS = ("cholesky", "eigh", "damped", "projector")
+
+#: finest ``rtol`` the ``projector`` solver resolves: ``tau = rtol^2 lam_max`` at least 100 times
+#: its band (``revgn.ops.solve.PROJECTOR_BAND``); a finer one goes to ``eigh``
+PROJECTOR_MIN_RTOL = 1e-3
 
 
 def gram_rtol_floor(dtype: torch.dtype) -> float:
@@ -64,6 +71,9 @@ class SolverConfig:
     generator: torch.Generator | None = field(default=None, repr=False)
     #: sums a Gram matrix over the shards of ``A`` (tensor parallelism over M); None: not sharded
     gram_reduce: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    #: what one step leaves for the next: each coupling's last rank (``solve_coupling``'s ``key``)
+    #: and the fixed ``C C^T`` of linear couplings (``revgn.linear_coupling``)
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -230,7 +240,8 @@ def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
     return rtol * float(largest_eigenvalue(K64).max().clamp_min(0)) ** 0.5 > cfg.atol
 
 
-def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
+def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None,
+               key=None) -> CouplingSolution:
     n = A.shape[0]
     method = cfg.solver
     rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
@@ -250,11 +261,22 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
     elif method == "cholesky" and max_rank is not None and max_rank < n:
         # A linear block's rank is known in advance: skip the doomed factorization.
         method, route = "eigh", "cholesky->eigh (rank known)"
+    elif method == "projector" and rtol < PROJECTOR_MIN_RTOL:
+        method, route = "eigh", "projector->eigh (rtol below its band)"
+    elif method == "cholesky" and key is not None and cfg.memo.get(("rank", key), n) < n:
+        # Truncated last step: on real data the next batch almost always is too, and a failed
+        # Cholesky costs as much as a third of the eigen-solve that follows it.
+        method, route = "eigh", "cholesky->eigh (truncated last step)"
+    # The eigen-solve stays in float64 even for float32 data: in float32 its error is about
+    # eps32 ||K||, and on the paper's MNIST workload that moved the update by 2e-2 (float64:
+    # 5e-5 from the all-float64 step).
     sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, backend=cfg.backend)
     status = int(sol.status)
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
+    if key is not None:
+        cfg.memo[("rank", key)] = rank
     if (max_rank is None and rank < n and method != "damped" and cfg.gram_reduce is None
             and status != NONFINITE and _floor_set_the_cut(K64, cfg, rtol)):
         # The Gram truncated singular values of A~ that it cannot resolve but the caller asked
@@ -285,17 +307,57 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None) -> CouplingS
                             Z=Z, finite=status != NONFINITE, bias=bias, residual=residual)
 
 
-def solve_coupling(A, T, bias: bool, cfg: SolverConfig,
-                   max_rank: int | None = None) -> CouplingSolution:
+def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int | None,
+                          key=None) -> CouplingSolution:
+    """``pinv([u C, 1]) T`` of a linear coupling through the span of ``[u, 1]``
+    (``revgn.linear_coupling``), with ``solve_gram``'s thresholds and routes; the solution
+    carries the explicit ``dW = (Z^T u) C``, ``db``.
+
+    Solvers that need ``A`` itself (``svd``, ``qr``, ``rsvd``, ``damped``, ``transpose``), a
+    sharded ``A``, a tall ``A~`` and an ``rtol`` finer than the Gram's floor take the generic
+    route on ``A = u C``; so does a float64 solve that would need refinement.
+    """
+    n = u.shape[0]
+    generic = (cfg.solver not in LINEAR_SOLVERS or cfg.gram_reduce is not None
+               or n > C.shape[1] + (1 if bias else 0)
+               or 0.0 < cfg.rtol < gram_rtol_floor(u.dtype))
+    if generic:
+        return solve_coupling(u @ C, T, bias, cfg, max_rank, key)
+    rtol = max(cfg.rtol, gram_rtol_floor(u.dtype))
+    rank_known_short = max_rank is not None and max_rank < n
+    method, route = cfg.solver, cfg.solver
+    if rank_known_short and method == "cholesky":
+        method, route = "eigh", "cholesky->eigh (rank known)"
+    elif method == "projector" and rtol < PROJECTOR_MIN_RTOL:
+        method, route = "eigh", "projector->eigh (rtol below its band)"
+    route = "linear " + route
+    work = LinearSolve(u, T, bias, bottleneck_gram(C, bias, cfg.memo))
+    Z64, realized64, rank, status = work.solve(method, rtol, cfg.atol)
+    if status == FELL_BACK:
+        route = f"linear {cfg.solver}->eigh"
+    exact = rank == n
+    residual = relative_residual(realized64, T.to(torch.float64))
+    if exact and u.dtype == torch.float64 and status != NONFINITE and residual > REFINE_RTOL:
+        return solve_coupling(u @ C, T, bias, cfg, max_rank, key)
+    Z = Z64.to(u.dtype)
+    dW, db = linear_update(u, C, Z, bias)
+    return CouplingSolution(realized=realized64.to(u.dtype), rank=rank, method=route, exact=exact,
+                            dW=dW, db=db, finite=status != NONFINITE, bias=bias,
+                            residual=residual)
+
+
+def solve_coupling(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None = None,
+                   key=None) -> CouplingSolution:
     """Dispatch one coupling's ``pinv(A~) T`` to the configured solver; the solution carries
-    its ``residual``."""
-    sol = _route(A, T, bias, cfg, max_rank)
+    its ``residual``. ``key`` names the coupling across steps (``SolverConfig.memo``)."""
+    sol = _route(A, T, bias, cfg, max_rank, key)
     if sol.residual is None:
         sol.residual = relative_residual(sol.realized, T)
     return sol
 
 
-def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None) -> CouplingSolution:
+def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None,
+           key=None) -> CouplingSolution:
     n, m = A.shape[0], A.shape[1] + (1 if bias else 0)
     if cfg.solver == "transpose":
         return solve_transpose(A, T, bias, cfg)
@@ -304,5 +366,5 @@ def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None) -> Couplin
     if cfg.solver in GRAM_SOLVERS:
         if cfg.solver != "damped" and 0.0 < cfg.rtol < gram_rtol_floor(A.dtype):
             return solve_qr(A, T, bias, cfg)
-        return solve_gram(A, T, bias, cfg, max_rank)
+        return solve_gram(A, T, bias, cfg, max_rank, key)
     return {"svd": solve_svd, "qr": solve_qr, "rsvd": solve_rsvd}[cfg.solver](A, T, bias, cfg)

@@ -13,6 +13,10 @@ its output:
 The sweep is a generator: a consumer may apply a block's update before the next block is
 inverted (no later block reads it), so only one block's workspace is alive at a time.
 
+A linear coupling with a bottleneck (the paper's first block) is folded: every product through
+``A = u C`` goes through the ``h x h`` ``C W^T`` (``Coupling.folded``), ``A`` is never formed,
+and its solve runs in the span of ``[u, 1]`` (``revgn.linear_coupling``).
+
 Two ends of the sweep need less than a full inversion. The top block's inputs and
 pre-activations are what the forward pass just computed (``forward_for_sweep`` keeps that one
 block's workspace), so only its tangents are pushed. The bottom block's input tangent is never
@@ -25,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from revgn.ops import coupling_inverse_with_tangent, coupling_tangent
-from revgn.solvers import CouplingSolution, SolverConfig, relative_residual, solve_coupling
+from revgn.solvers import (CouplingSolution, SolverConfig, relative_residual, solve_coupling,
+                           solve_linear_coupling)
 
 TANGENT_MODES = ("analytic", "autodiff")
 
@@ -49,8 +54,8 @@ class CouplingReport:
 class BlockStep:
     """One block's solves, with what is needed to apply them."""
     index: int
-    A_F: torch.Tensor
-    A_G: torch.Tensor
+    A_F: torch.Tensor | None  # None for a folded coupling: its solution carries dW, db
+    A_G: torch.Tensor | None
     F: CouplingSolution
     G: CouplingSolution
     reports: tuple[CouplingReport, CouplingReport]
@@ -67,51 +72,86 @@ class BlockStep:
 
 @dataclass
 class TopBlock:
-    """The last block's workspace from the forward pass: its inputs and pre-activations."""
+    """What the forward pass leaves for the sweep: the last block's workspace (its inputs,
+    pre-activations and activations; None for a folded coupling) and ``folds``, the
+    ``C W^T`` of every folded coupling (``linear_folds``)."""
     X1: torch.Tensor
     X2: torch.Tensor
     Y1: torch.Tensor
-    P_F: torch.Tensor
-    A_F: torch.Tensor
-    P_G: torch.Tensor
-    A_G: torch.Tensor
+    P_F: torch.Tensor | None
+    A_F: torch.Tensor | None
+    P_G: torch.Tensor | None
+    A_G: torch.Tensor | None
+    folds: dict | None = None
+
+
+def linear_folds(model) -> dict:
+    """``{coupling: C W^T}`` for every linear coupling with a bottleneck, at the current ``W``
+    (taken before any update of the step, so the forward and the sweep share them)."""
+    return {c: c.folded() for _, _, c in model.couplings() if c.foldable()}
+
+
+def _top_coupling(coupling, u, fold):
+    """``(P, A, coupling(u))`` keeping ``P`` and ``A`` for the sweep (None when folded)."""
+    if fold is not None:
+        return None, None, coupling(u, fold)
+    P = coupling.preactivation(u)
+    A = coupling._act.fn(P)
+    out = torch.addmm(coupling.b, A, coupling.W.t()) if coupling.b is not None else A @ coupling.W.t()
+    return P, A, out
 
 
 def forward_for_sweep(model, x, anchor_every: int | None = None):
     """``(X_L, anchors, top)``: the forward pass, keeping the stream at the anchors
-    (``RevMLP.stream_with_anchors``) and the last block's workspace (``TopBlock``)."""
-    X, anchors = model.stream_with_anchors(x, anchor_every, blocks=model.depth - 1)
+    (``RevMLP.stream_with_anchors``), the last block's workspace and the folds (``TopBlock``)."""
+    folds = linear_folds(model)
+    X, anchors = model.stream_with_anchors(x, anchor_every, blocks=model.depth - 1, folds=folds)
     x1, x2 = model.split(X)
     block = model.blocks[-1]
-    F, G = block.F, block.G
-    P_F = F.preactivation(x2)
-    A_F = F._act.fn(P_F)
-    y1 = x1 + (torch.addmm(F.b, A_F, F.W.t()) if F.b is not None else A_F @ F.W.t())
-    P_G = G.preactivation(y1)
-    A_G = G._act.fn(P_G)
-    y2 = x2 + (torch.addmm(G.b, A_G, G.W.t()) if G.b is not None else A_G @ G.W.t())
-    return torch.cat([y1, y2], dim=1), anchors, TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G)
+    P_F, A_F, out_F = _top_coupling(block.F, x2, folds.get(block.F))
+    y1 = x1 + out_F
+    P_G, A_G, out_G = _top_coupling(block.G, y1, folds.get(block.G))
+    y2 = x2 + out_G
+    return torch.cat([y1, y2], dim=1), anchors, TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G, folds)
 
 
-def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, backend):
+def _push(coupling, fold, pre, du, backend):
+    """``(s'(P) * (du C)) W^T``: the push of ``du`` through the coupling (``du C W^T`` when
+    folded)."""
+    if fold is not None:
+        return du @ fold
+    return coupling_tangent(pre, du, coupling.C, coupling.W, coupling.activation, backend=backend)
+
+
+def _invert(coupling, fold, u, du, y, dy, backend):
+    """``(x, dx, A, k)`` of ``coupling_inverse_with_tangent``; ``A`` is None when folded."""
+    if fold is None:
+        return coupling_inverse_with_tangent(u, du, y, dy, coupling.C, coupling.W, coupling.b,
+                                             coupling.activation, backend=backend)
+    x = torch.addmm(coupling.b, u, fold, beta=-1, alpha=-1).add_(y) if coupling.b is not None \
+        else y - u @ fold
+    k = du @ fold
+    return x, dy - k, None, k
+
+
+def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, backend):
     """Tangents only: the primal inputs and activations come from the forward pass."""
     G, F = block.G, block.F
-    K = coupling_tangent(top.P_G, T1, G.C, G.W, G.activation, backend=backend)
+    K = _push(G, folds.get(G), top.P_G, T1, backend)
     dX2 = T2 - K
     dX1 = None
     if not bottom:
-        dX1 = T1 - coupling_tangent(top.P_F, dX2, F.C, F.W, F.activation, backend=backend)
+        dX1 = T1 - _push(F, folds.get(F), top.P_F, dX2, backend)
     return top.X1, top.X2, dX1, dX2, top.A_F, top.A_G, K
 
 
-def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, backend):
+def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, folds: dict, backend):
     G, F = block.G, block.F
-    X2, dX2, A_G, K = coupling_inverse_with_tangent(Y1, T1, Y2, T2, G.C, G.W, G.b, G.activation,
-                                                    backend=backend)
+    X2, dX2, A_G, K = _invert(G, folds.get(G), Y1, T1, Y2, T2, backend)
     if bottom:
-        return None, X2, None, dX2, F.activations(X2), A_G, K
-    X1, dX1, A_F, _ = coupling_inverse_with_tangent(X2, dX2, Y1, T1, F.C, F.W, F.b, F.activation,
-                                                    backend=backend)
+        A_F = F.activations(X2) if F not in folds else None
+        return None, X2, None, dX2, A_F, A_G, K
+    X1, dX1, A_F, _ = _invert(F, folds.get(F), X2, dX2, Y1, T1, backend)
     return X1, X2, dX1, dX2, A_F, A_G, K
 
 
@@ -121,36 +161,49 @@ def _pull_back_autodiff(block, Y1, Y2, T1, T2):
     return X1, X2, dX1, dX2, block.F.activations(X2), block.G.activations(Y1), None
 
 
-def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str):
+def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str, folds: dict,
+                backend):
     """``K'``: how F's realized change of ``Y1`` moves ``Y2`` through G."""
     if tangent_mode == "autodiff":
         return torch.func.jvp(block.G, (Y1,), (realized_F,))[1]
     if exact_F:
         return K
     G = block.G
-    return coupling_tangent(G.preactivation(Y1), realized_F, G.C, G.W, G.activation)
+    fold = folds.get(G)
+    return _push(G, fold, G.preactivation(Y1) if fold is None else None, realized_F, backend)
+
+
+def _solve(index, name, coupling, u, A, T, cfg: SolverConfig, folds: dict) -> CouplingSolution:
+    bias, key = coupling.b is not None, (index, name)
+    if coupling in folds:
+        return solve_linear_coupling(u, coupling.C, T, bias, cfg, coupling.max_rank(), key)
+    return solve_coupling(A, T, bias, cfg, coupling.max_rank(), key)
 
 
 def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode="analytic",
-                  top: TopBlock | None = None):
+                  top: TopBlock | None = None, folds: dict | None = None):
     """Invert one block with its tangent and solve both couplings (steps 1-4 above).
 
     ``top`` is the forward's workspace when this is the last block; block 0 skips what only
-    the block below would read.
+    the block below would read. ``folds`` (``linear_folds``) marks the folded couplings; the
+    autodiff tangent mode folds nothing.
     """
     bottom = index == 0
+    folds = {} if tangent_mode == "autodiff" else (folds or {})
     if tangent_mode == "autodiff":
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_autodiff(block, Y1, Y2, T1, T2)
     elif top is not None:
-        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(block, top, T1, T2, bottom, cfg.backend)
+        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(block, top, T1, T2, bottom, folds,
+                                                       cfg.backend)
     else:
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_analytic(block, Y1, Y2, T1, T2, bottom,
-                                                            cfg.backend)
+                                                            folds, cfg.backend)
     F, G = block.F, block.G
-    sol_F = solve_coupling(A_F, T1, F.b is not None, cfg, F.max_rank())
-    K_cross = _cross_term(block, Y1, sol_F.realized, K, sol_F.exact, tangent_mode)
+    sol_F = _solve(index, "F", F, X2, A_F, T1, cfg, folds)
+    K_cross = _cross_term(block, Y1, sol_F.realized, K, sol_F.exact, tangent_mode, folds,
+                          cfg.backend)
     target_G = T2 - K_cross
-    sol_G = solve_coupling(A_G, target_G, G.b is not None, cfg, G.max_rank())
+    sol_G = _solve(index, "G", G, Y1, A_G, target_G, cfg, folds)
     n = Y1.shape[0]
     reports = (
         CouplingReport(index, "F", sol_F.residual, sol_F.rank, n,
@@ -169,15 +222,21 @@ def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
 
     ``anchors`` (from ``RevMLP.stream_with_anchors``) maps a block index to its true input: the
     rebuilt input is compared with it (``BlockStep.drift``) and replaced by it. ``top`` (from
-    ``forward_for_sweep``) spares the last block's inversion.
+    ``forward_for_sweep``) spares the last block's inversion and carries the folds the forward
+    used; without it linear couplings are folded here.
     """
     Y1, Y2 = model.split(X_L)
     T1, T2 = model.split(E)
     anchors = anchors or {}
+    if tangent_mode == "autodiff":
+        folds = {}
+    else:
+        folds = top.folds if top is not None and top.folds is not None else linear_folds(model)
     for index in reversed(range(model.depth)):
         if top is not None:
             Y1 = top.Y1
-        step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode, top)
+        step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode, top,
+                             folds)
         top = None
         if index in anchors:
             A1, A2 = anchors[index]

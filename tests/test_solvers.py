@@ -67,7 +67,12 @@ def test_ill_conditioned_float64_gram_solve_is_refined_to_svd_accuracy(solver, n
     sol = solve_coupling(A, T, bias, SolverConfig(solver))
     assert sol.exact and sol.method.endswith("+refined")
     assert rel_err(At @ _dense_update(sol, A).t(), T) < 1e-9
-    assert rel_err(sol.realized, At @ _dense_update(sol, A).t()) < 1e-12
+    # the report's A~ D and the test's are the same product, up to its rounding (D is as large
+    # as |T| cond(A~)^2 / s_max, so the rounding is far above eps |T|)
+    D = _dense_update(sol, A).t()
+    rounding = 10 * At.shape[1] * torch.finfo(torch.float64).eps * float(
+        At.norm() * D.norm() / T.norm())
+    assert rel_err(sol.realized, At @ D) < rounding
     ref = solve_coupling(A, T, bias, SolverConfig("svd"))
     assert rel_err(_dense_update(sol, A), _dense_update(ref, A)) < 1e-6
 

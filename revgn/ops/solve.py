@@ -15,19 +15,28 @@ Methods:
 - ``eigh``: ``K = V diag(lam) V^T``, ``Z = V diag(1/lam) V^T R`` over the kept eigenvalues.
 - ``damped``: ``Z = (K + damping I)^-1 R`` (``damping`` absolute), Cholesky; a system that is still
   not positive definite falls back to ``eigh`` on ``K + damping I``.
+- ``projector``: the truncated solve of ``eigh`` from GEMMs and one Cholesky (``projector_solve``):
+  the spectral projector ``P`` onto the eigenvalues above the threshold, then
+  ``Z = P (P K P + tau (I - P))^-1 P R``. It keeps what ``eigh`` keeps except within
+  ``PROJECTOR_BAND`` of the threshold.
 
 The kernel behind ``cholesky`` and ``damped`` is ``cholesky_factor_solve`` (one system per program
 on GPU); the fallback logic here is shared by every backend.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from revgn.ops._dispatch import implementation
 
-SOLVE_METHODS = ("cholesky", "eigh", "damped")
+SOLVE_METHODS = ("cholesky", "eigh", "damped", "projector")
+
+#: half-width of the band around the threshold ``tau`` (relative to ``||K - tau I||_F``) inside
+#: which ``projector`` may keep an eigenvalue in part (see ``spectral_projector``)
+PROJECTOR_BAND = 1e-8
 
 #: status codes, per system
 SOLVED, FELL_BACK, NONFINITE = 0, 1, 2
@@ -95,6 +104,52 @@ def eigh_solve(K, R, rtol: float, atol: float):
     return Z, keep.sum(dim=-1)
 
 
+def spectral_projector(K, tau, band: float = PROJECTOR_BAND):
+    """``P = (I + sign(K - tau I)) / 2``, the projector onto the eigenvectors of the symmetric
+    ``K`` (B, n, n) whose eigenvalues exceed ``tau`` (B, 1, 1), by GEMMs alone.
+
+    Newton-Schulz on ``X0 = (K - tau I) / s`` with ``s = ||K - tau I||_F >= ||K - tau I||_2``:
+    ``X <- X (3 I - X^2) / 2`` maps each eigenvalue ``x`` of ``X`` to ``x (3 - x^2) / 2``,
+    which grows a small ``|x|`` by 1.5 per step and then converges to ``sign(x)`` quadratically.
+    The step count is fixed (no host synchronization): enough to bring ``|x| = band`` to 1/2,
+    then seven quadratic steps (1/2 -> ``eps``). An eigenvalue with ``|lam - tau| < band s``
+    may end anywhere in ``[-1, 1]``: ``projector_solve`` then keeps that direction in part.
+    """
+    n = K.shape[-1]
+    eye = torch.eye(n, dtype=K.dtype, device=K.device)
+    X = K - tau * eye
+    X = X / torch.linalg.matrix_norm(X).clamp_min(torch.finfo(K.dtype).tiny)[..., None, None]
+    steps = math.ceil(math.log(0.5 / band) / math.log(1.5)) + 7
+    for _ in range(steps):
+        X = 0.5 * X @ (3.0 * eye - X @ X)
+        X = 0.5 * (X + X.mT)  # rounding breaks symmetry a little each step; keep it exact
+    return 0.5 * (eye + X)
+
+
+def projector_solve(K, R, rtol: float, atol: float, band: float = PROJECTOR_BAND):
+    """Truncated spectral solve without an eigen-decomposition; returns ``(Z, rank)``.
+
+    ``tau = max(rtol^2 lam_max, atol^2)`` with ``lam_max`` from power iteration (its Rayleigh
+    quotient: relative error ``(lam_2 / lam_1)^(2k)``, which widens the band accordingly).
+    With ``P = spectral_projector(K, tau)``, ``M = P K P + tau (I - P)`` is SPD (eigenvalues
+    ``lam > tau`` on the kept directions, ``tau`` on the rest) and
+    ``Z = P M^-1 P R = sum over kept lam of v v^T R / lam``: ``eigh_solve``'s answer.
+    ``rank`` is ``trace(P)`` rounded. When ``tau`` is 0 (no threshold) the smallest positive
+    eigenvalues decide nothing: ``eigh`` should be used instead.
+    """
+    lam_max = largest_eigenvalue(K, iters=40).clamp_min(0)
+    tau = torch.clamp_min(rtol * rtol * lam_max, atol * atol)
+    P = spectral_projector(K, tau[..., None, None], band)
+    n = K.shape[-1]
+    eye = torch.eye(n, dtype=K.dtype, device=K.device)
+    M = P @ K @ P + tau[..., None, None] * (eye - P)
+    L, info = torch.linalg.cholesky_ex(0.5 * (M + M.mT))
+    Z = P @ torch.cholesky_solve(P @ R, L)
+    rank = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).round().to(torch.int64)
+    Z = torch.where((info == 0)[..., None, None], Z, torch.full_like(Z, float("nan")))
+    return Z, rank
+
+
 def gram_solve(K, R, method: str = "cholesky", rtol: float = 0.0, atol: float = 0.0,
                damping: float = 0.0, backend: str = "auto") -> GramSolution:
     """Solve ``K Z = R`` with pseudoinverse semantics; see the module docstring."""
@@ -109,6 +164,8 @@ def gram_solve(K, R, method: str = "cholesky", rtol: float = 0.0, atol: float = 
 
     if method == "eigh":
         Z, rank = eigh_solve(K, R, rtol, atol)
+    elif method == "projector":
+        Z, rank = projector_solve(K, R, rtol, atol)
     else:
         shift = damping if method == "damped" else 0.0
         L, Z, info = cholesky_factor_solve(K, R, shift, backend=backend)
