@@ -240,9 +240,10 @@ def _memory_in_this_process(case: Case, name: str) -> int:
         return peak_memory_rise(STEPS[name](model, x, y, case), case.device)
 
 
-def memory_case(case: Case, names=("gn_auto", "adam")) -> dict:
-    """Peak rise per step for each implementation (CPU: one child process each)."""
-    if torch.device(case.device).type == "cuda":
+def memory_case(case: Case, names=("gn_auto", "adam"), in_process: bool = False) -> dict:
+    """Peak rise per step for each implementation (CPU: one child process each, unless
+    ``in_process``: quicker, and less exact, since freed buffers may stay resident)."""
+    if torch.device(case.device).type == "cuda" or in_process:
         return {name: _memory_in_this_process(case, name) for name in names}
     import subprocess
     import sys
@@ -291,7 +292,7 @@ def run_suite(device="cpu", repeats=5, quick=False, workload="synthetic", data_d
         names += ("gn_projector",)
     routes = coupling_routes(step)
     times = time_case(step, names, repeats)
-    memory = [{"L": c.L, **memory_case(c)} for c in memory_cases(step, quick)]
+    memory = [{"L": c.L, **memory_case(c, in_process=quick)} for c in memory_cases(step, quick)]
     ratios = {
         "gn_auto / adam": times["gn_auto"] / times["adam"],
         "authors / gn_auto": times["authors"] / times["gn_auto"],
@@ -300,11 +301,16 @@ def run_suite(device="cpu", repeats=5, quick=False, workload="synthetic", data_d
     if "gn_projector" in times:
         ratios["gn_projector / gn_auto"] = times["gn_projector"] / times["gn_auto"]
     first, last = memory[0], memory[-1]
+
+    def ratio(a, b):  # an in-process (--quick) rise can be 0: freed memory was reused
+        return a / b if b > 0 else float("nan")
     if len(memory) > 1:
-        ratios[f"gn peak rise L={last['L']} / L={first['L']}"] = last["gn_auto"] / first["gn_auto"]
-        ratios[f"adam peak rise L={last['L']} / L={first['L']}"] = last["adam"] / first["adam"]
+        ratios[f"gn peak rise L={last['L']} / L={first['L']}"] = ratio(last["gn_auto"],
+                                                                     first["gn_auto"])
+        ratios[f"adam peak rise L={last['L']} / L={first['L']}"] = ratio(last["adam"],
+                                                                       first["adam"])
     else:
-        ratios["gn peak rise / adam peak rise"] = first["gn_auto"] / first["adam"]
+        ratios["gn peak rise / adam peak rise"] = ratio(first["gn_auto"], first["adam"])
     report = {
         "step_case": asdict(step),
         "gn_options": step.gn_options(),
@@ -314,6 +320,7 @@ def run_suite(device="cpu", repeats=5, quick=False, workload="synthetic", data_d
         "repeats": repeats,
         "ratios": ratios,
         "memory_bytes": memory,
+        "memory_in_process": quick,
         "backend_auto": revgn.backend.resolve("auto", torch.device(device)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -346,7 +353,9 @@ def format_report(report: dict) -> str:
     lines.append("ratios (same run):")
     for name, value in report["ratios"].items():
         lines.append(f"  {name:<32}{value:8.2f}")
-    lines.append("peak memory rise during one step (MiB):")
+    lines.append("peak memory rise during one step (MiB)" + (
+        ", measured in this process (--quick: reused memory hides rises):"
+        if report.get("memory_in_process") else ":"))
     for row in report["memory_bytes"]:
         lines.append(f"  L={row['L']:<3} gn_auto {row['gn_auto'] / 2**20:9.1f}   "
                      f"adam {row['adam'] / 2**20:9.1f}")
