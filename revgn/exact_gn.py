@@ -283,7 +283,7 @@ class ExactGN(torch.optim.Optimizer):
         self._warn_shape(n)
         drifts = []
         del logits
-        sweep = gn_sweep(model, X_L, E, self.solver_config, self.tangent_mode, anchors, top)
+        sweep = gn_sweep(model, X_L, E, self.solver_config, self.tangent_mode, anchors, top, e)
         del top  # the sweep holds the top block's workspace until it is used
         for block_step in sweep:
             result.blocks.extend(block_step.reports)

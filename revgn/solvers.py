@@ -90,6 +90,9 @@ class CouplingSolution:
     bias: bool = True
     #: ``relative_residual(realized, T)``; ``solve_coupling`` fills it when the route did not
     residual: float | None = None
+    #: ``realized = realized_left @ T_right`` when the target came factored (``T = e @ T_right``,
+    #: ``solve_coupling``'s ``T_factors``): pushes of the realized change may use the factors
+    realized_left: torch.Tensor | None = None
 
     def parameter_update(self, A: torch.Tensor, backend: str = "auto"):
         """``(dW, db)`` in the layout of ``(W, b)``; ``db`` is None without bias."""
@@ -240,8 +243,8 @@ def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
     return rtol * float(largest_eigenvalue(K64).max().clamp_min(0)) ** 0.5 > cfg.atol
 
 
-def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None,
-               key=None) -> CouplingSolution:
+def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
+               T_factors=None) -> CouplingSolution:
     n = A.shape[0]
     method = cfg.solver
     rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
@@ -270,7 +273,12 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None,
     # The eigen-solve stays in float64 even for float32 data: in float32 its error is about
     # eps32 ||K||, and on the paper's MNIST workload that moved the update by 2e-2 (float64:
     # 5e-5 from the all-float64 step).
-    sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, backend=cfg.backend)
+    if T_factors is not None:
+        # T = e R with e (n x k), k << h: solve for e alone, Z = K^+ e R (see _factored_solution)
+        sol = gram_solve(K64, T_factors[0].to(torch.float64), method, rtol, cfg.atol, damping,
+                         backend=cfg.backend)
+    else:
+        sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, backend=cfg.backend)
     status = int(sol.status)
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
@@ -289,9 +297,16 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None,
         escalated.method = f"{cfg.solver}->qr"
         escalated.residual = relative_residual(escalated.realized, T)
         return escalated
+    exact = rank == n and method != "damped"
+    if T_factors is not None:
+        factored = _factored_solution(A, K, T, T_factors, sol.Z.to(A.dtype), bias, rank, route,
+                                      exact, status != NONFINITE)
+        if not (exact and A.dtype == torch.float64 and factored.residual > REFINE_RTOL):
+            return factored
+        # refinement works on the whole target
+        return solve_gram(A, T, bias, cfg, max_rank, key)
     Z = sol.Z.to(A.dtype)
     realized = K @ Z  # in the working dtype: only the report and the cross-term read it
-    exact = rank == n and method != "damped"
     # Only float64 is refined: a float32 D = A~^T Z loses up to eps32 * cond(A~)^2 (5e-4 near
     # the floor), which only float64 copies of A~ would win back. The residual reported here is
     # that of K Z and does not see this rounding of D. A sharded A~ is not refined.
@@ -346,18 +361,37 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
                             residual=residual)
 
 
+def _factored_solution(A, K, T, T_factors, Ze, bias, rank, route, exact, finite):
+    """The Gram solution of a factored target ``T = e R`` (``e`` n x k, ``R`` k x h) from
+    ``Ze = K^+ e``: ``Z = Ze R``, so
+
+        dW = Z^T A = R^T (Ze^T A),    db = (1^T Ze) R,    realized = K Z = (K Ze) R,
+
+    ``k n M + h k M`` multiply-adds for the update instead of ``h n M``. The top block's F
+    target is such a ``T``: ``E = e U^T`` has rank ``k`` (the classes)."""
+    e, R = T_factors
+    dW = R.t() @ (Ze.t() @ A)
+    db = Ze.sum(dim=0) @ R if bias else None
+    realized_left = K @ Ze
+    realized = realized_left @ R
+    return CouplingSolution(realized=realized, rank=rank, method=f"{route} (rank-{e.shape[1]} target)",
+                            exact=exact, dW=dW, db=db, finite=finite, bias=bias,
+                            residual=relative_residual(realized, T), realized_left=realized_left)
+
+
 def solve_coupling(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None = None,
-                   key=None) -> CouplingSolution:
+                   key=None, T_factors=None) -> CouplingSolution:
     """Dispatch one coupling's ``pinv(A~) T`` to the configured solver; the solution carries
-    its ``residual``. ``key`` names the coupling across steps (``SolverConfig.memo``)."""
-    sol = _route(A, T, bias, cfg, max_rank, key)
+    its ``residual``. ``key`` names the coupling across steps (``SolverConfig.memo``);
+    ``T_factors = (e, R)`` with ``T = e R`` lets the Gram route solve for ``e`` alone."""
+    sol = _route(A, T, bias, cfg, max_rank, key, T_factors)
     if sol.residual is None:
         sol.residual = relative_residual(sol.realized, T)
     return sol
 
 
-def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None,
-           key=None) -> CouplingSolution:
+def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None, key=None,
+           T_factors=None) -> CouplingSolution:
     n, m = A.shape[0], A.shape[1] + (1 if bias else 0)
     if cfg.solver == "transpose":
         return solve_transpose(A, T, bias, cfg)
@@ -366,5 +400,6 @@ def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None,
     if cfg.solver in GRAM_SOLVERS:
         if cfg.solver != "damped" and 0.0 < cfg.rtol < gram_rtol_floor(A.dtype):
             return solve_qr(A, T, bias, cfg)
-        return solve_gram(A, T, bias, cfg, max_rank, key)
+        return solve_gram(A, T, bias, cfg, max_rank, key,
+                          T_factors if cfg.gram_reduce is None else None)
     return {"svd": solve_svd, "qr": solve_qr, "rsvd": solve_rsvd}[cfg.solver](A, T, bias, cfg)

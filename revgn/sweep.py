@@ -134,10 +134,15 @@ def _invert(coupling, fold, u, du, y, dy, backend):
     return x, dy - k, None, k
 
 
-def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, backend):
-    """Tangents only: the primal inputs and activations come from the forward pass."""
+def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, backend,
+                   T1_push=None):
+    """Tangents only: the primal inputs and activations come from the forward pass.
+    ``T1_push = (e, R C_G)`` pushes ``T1 = e R`` through G as ``e (R C_G)``."""
     G, F = block.G, block.F
-    K = _push(G, folds.get(G), top.P_G, T1, backend)
+    if T1_push is not None:
+        K = coupling_tangent(top.P_G, T1_push[0], T1_push[1], G.W, G.activation, backend=backend)
+    else:
+        K = _push(G, folds.get(G), top.P_G, T1, backend)
     dX2 = T2 - K
     dX1 = None
     if not bottom:
@@ -162,46 +167,66 @@ def _pull_back_autodiff(block, Y1, Y2, T1, T2):
 
 
 def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str, folds: dict,
-                backend):
-    """``K'``: how F's realized change of ``Y1`` moves ``Y2`` through G."""
+                backend, P_G=None, realized_push=None):
+    """``K'``: how F's realized change of ``Y1`` moves ``Y2`` through G. ``P_G = Y1 C_G`` when
+    the forward kept it (the top block), else it is recomputed; ``realized_push = (r, R C_G)``
+    when the realized change is ``r R`` (a factored target)."""
     if tangent_mode == "autodiff":
         return torch.func.jvp(block.G, (Y1,), (realized_F,))[1]
     if exact_F:
         return K
     G = block.G
+    if realized_push is not None and P_G is not None:
+        return coupling_tangent(P_G, realized_push[0], realized_push[1], G.W, G.activation,
+                                backend=backend)
     fold = folds.get(G)
-    return _push(G, fold, G.preactivation(Y1) if fold is None else None, realized_F, backend)
+    if fold is None and P_G is None:
+        P_G = G.preactivation(Y1)
+    return _push(G, fold, P_G, realized_F, backend)
 
 
-def _solve(index, name, coupling, u, A, T, cfg: SolverConfig, folds: dict) -> CouplingSolution:
+def _solve(index, name, coupling, u, A, T, cfg: SolverConfig, folds: dict,
+           T_factors=None) -> CouplingSolution:
     bias, key = coupling.b is not None, (index, name)
     if coupling in folds:
         return solve_linear_coupling(u, coupling.C, T, bias, cfg, coupling.max_rank(), key)
-    return solve_coupling(A, T, bias, cfg, coupling.max_rank(), key)
+    return solve_coupling(A, T, bias, cfg, coupling.max_rank(), key, T_factors)
 
 
 def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode="analytic",
-                  top: TopBlock | None = None, folds: dict | None = None):
+                  top: TopBlock | None = None, folds: dict | None = None, T1_factors=None):
     """Invert one block with its tangent and solve both couplings (steps 1-4 above).
 
     ``top`` is the forward's workspace when this is the last block; block 0 skips what only
     the block below would read. ``folds`` (``linear_folds``) marks the folded couplings; the
-    autodiff tangent mode folds nothing.
+    autodiff tangent mode folds nothing. ``T1_factors = (e, R)`` with ``T1 = e R`` and ``e``
+    thin (the top block's ``E = e U^T``) make the products through ``T1`` and the F update
+    rank-``k`` ones.
     """
     bottom = index == 0
     folds = {} if tangent_mode == "autodiff" else (folds or {})
+    F, G = block.F, block.G
+    RC_G = None
+    if T1_factors is not None and (top is None or tangent_mode == "autodiff" or F in folds
+                                   or G in folds):
+        T1_factors = None  # only the top block's kept workspace pushes factors
+    if T1_factors is not None:
+        RC_G = T1_factors[1] @ G.C if G.C is not None else T1_factors[1]
     if tangent_mode == "autodiff":
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_autodiff(block, Y1, Y2, T1, T2)
     elif top is not None:
-        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(block, top, T1, T2, bottom, folds,
-                                                       cfg.backend)
+        X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(
+            block, top, T1, T2, bottom, folds, cfg.backend,
+            (T1_factors[0], RC_G) if T1_factors is not None else None)
     else:
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_analytic(block, Y1, Y2, T1, T2, bottom,
                                                             folds, cfg.backend)
-    F, G = block.F, block.G
-    sol_F = _solve(index, "F", F, X2, A_F, T1, cfg, folds)
+    sol_F = _solve(index, "F", F, X2, A_F, T1, cfg, folds, T1_factors)
+    realized_push = None
+    if sol_F.realized_left is not None and RC_G is not None:
+        realized_push = (sol_F.realized_left, RC_G)
     K_cross = _cross_term(block, Y1, sol_F.realized, K, sol_F.exact, tangent_mode, folds,
-                          cfg.backend)
+                          cfg.backend, top.P_G if top is not None else None, realized_push)
     target_G = T2 - K_cross
     sol_G = _solve(index, "G", G, Y1, A_G, target_G, cfg, folds)
     n = Y1.shape[0]
@@ -216,14 +241,15 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
 
 def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
              tangent_mode: str = "analytic", anchors: dict | None = None,
-             top: TopBlock | None = None):
+             top: TopBlock | None = None, e: torch.Tensor | None = None):
     """Yield a ``BlockStep`` per block, last block first. Drop each one before asking for the
     next to keep one block's workspace alive.
 
     ``anchors`` (from ``RevMLP.stream_with_anchors``) maps a block index to its true input: the
     rebuilt input is compared with it (``BlockStep.drift``) and replaced by it. ``top`` (from
     ``forward_for_sweep``) spares the last block's inversion and carries the folds the forward
-    used; without it linear couplings are folded here.
+    used; without it linear couplings are folded here. ``e`` (n x k), with ``E = e U^T``, lets
+    the top block work with ``T1 = e U_1^T`` in factored form when ``k < h``.
     """
     Y1, Y2 = model.split(X_L)
     T1, T2 = model.split(E)
@@ -232,11 +258,14 @@ def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
         folds = {}
     else:
         folds = top.folds if top is not None and top.folds is not None else linear_folds(model)
+    T1_factors = None
+    if e is not None and e.shape[1] < model.half:
+        T1_factors = (e, model.U[:model.half].t())
     for index in reversed(range(model.depth)):
         if top is not None:
             Y1 = top.Y1
         step = block_gn_step(index, model.blocks[index], Y1, Y2, T1, T2, cfg, tangent_mode, top,
-                             folds)
+                             folds, T1_factors if top is not None else None)
         top = None
         if index in anchors:
             A1, A2 = anchors[index]

@@ -99,9 +99,15 @@ def eigh_solve(K, R, rtol: float, atol: float):
     lam_max = lam[..., -1:].clamp_min(0)
     keep = lam > torch.maximum(rtol * rtol * lam_max, torch.full_like(lam_max, atol * atol))
     keep &= lam > 0
+    rank = keep.sum(dim=-1)
+    # eigenvalues ascend, so the kept ones are the last `rank`: apply only the widest of those
+    # columns (the truncated solve at the paper's rtol keeps about half)
+    width = int(rank.max()) if rank.numel() else 0
+    lam, V, keep = lam[..., lam.shape[-1] - width:], V[..., V.shape[-1] - width:], \
+        keep[..., keep.shape[-1] - width:]
     inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
     Z = V @ (inv.unsqueeze(-1) * (V.transpose(-1, -2) @ R))
-    return Z, keep.sum(dim=-1)
+    return Z, rank
 
 
 def spectral_projector(K, tau, band: float = PROJECTOR_BAND):
