@@ -117,13 +117,15 @@ def _stacked_matmul(bottom, rhs, epilogue, *, top=None, act=0, y=None, dy=None, 
     return out_top, out_bottom, out_extra
 
 
-def _check_coupling_shapes(n, h, C, W, b, **rows_by_name):
+def _check_coupling_shapes(n, h, C, W, b, h_out=None, **rows_by_name):
+    """``h_out``: the rows of ``W`` when they may differ from ``h`` (a push of a thin ``du``
+    through ``C`` of as many rows, as the GN sweep does with a factored tangent)."""
     M = C.shape[1] if C is not None else h
     expected = {name: (n, h) for name in rows_by_name}
     actual = {name: tuple(t.shape) for name, t in rows_by_name.items()}
     if C is not None:
         expected["C"], actual["C"] = (h, M), tuple(C.shape)
-    expected["W"], actual["W"] = (h, M), tuple(W.shape)
+    expected["W"], actual["W"] = (h if h_out is None else h_out, M), tuple(W.shape)
     if b is not None:
         expected["b"], actual["b"] = (h,), tuple(b.shape)
     wrong = {k: v for k, v in actual.items() if v != expected[k]}
@@ -166,7 +168,8 @@ def coupling_tangent(pre: torch.Tensor, du: torch.Tensor, C: torch.Tensor | None
     """``k = (s'(P) * (du C)) W^T`` given ``P = u C`` (``revgn.ops.coupling_tangent``)."""
     act = activation_code(activation)
     check_operands(pre, du, C, W)
-    _check_coupling_shapes(du.shape[0], du.shape[1], C, W, None, du=du)
+    _check_coupling_shapes(du.shape[0], du.shape[1], C, W, None,
+                           h_out=W.shape[0] if C is not None else None, du=du)
     if tuple(pre.shape) != (du.shape[0], W.shape[1]):
         raise ValueError(f"pre-activation of shape {tuple(pre.shape)}, expected "
                          f"{(du.shape[0], W.shape[1])}")

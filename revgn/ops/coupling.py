@@ -44,7 +44,8 @@ def coupling_inverse_with_tangent(u, du, y, dy, C, W, b, activation: str, backen
 
 def coupling_tangent_ref(pre, du, C, W, activation: str):
     """The push of ``du`` alone, given the pre-activation ``P = u C``:
-    ``k = (s'(P) * (du C)) W^T``."""
+    ``k = (s'(P) * (du C)) W^T``. With a bottleneck ``du`` may be thin, ``du`` (n x k) and
+    ``C`` (k x M): the sweep pushes a factored tangent ``e R`` as ``e (R C)``."""
     act = get_activation(activation)
     dpre = du @ C if C is not None else du.clone()
     return act.mul_grad_(pre, dpre) @ W.t()
