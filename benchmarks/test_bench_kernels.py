@@ -5,7 +5,7 @@
 
 Parametrized over implementation x shape x dtype for each op. Every case first checks the
 implementation against the reference on the very inputs it will time, then times calls through
-the dispatcher (``revgn.ops.<op>(..., backend=impl)``), synchronizing the device inside each timed
+the op table (``revgn.ops.bind(impl, device).<op>``), synchronizing the device inside each timed
 round. ``extra_info`` records the shape, the MAC count of DESIGN §3.2 and, for the matmul ops,
 the achieved TFLOP/s (2 flops per MAC) and, on an H100 / H200, the fraction of the peak for the
 arithmetic used (float32 FMA, TF32 tensor cores, float64 tensor cores).
@@ -133,9 +133,9 @@ def _outputs(result):
 def _check_against_reference(op, case, args, impl, dtype):
     """Run ``impl`` and the reference on copies of ``args`` and compare every output."""
     copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    got = getattr(ops, op)(*copies, backend=impl)
+    got = getattr(ops.bind(impl, DEVICE), op)(*copies)
     ref_copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    want = getattr(ops, op)(*ref_copies, backend="reference")
+    want = ops.REFERENCES[op](*ref_copies)
     pairs = case.compare(copies, ref_copies) if case.compare else list(
         zip(_outputs(got), _outputs(want)))
     tol = TOLERANCE[dtype]
@@ -187,10 +187,10 @@ def test_op(benchmark, impl, op, shape, dtype):
         pytest.skip("correct on a tiny shape; Triton interpreter timings mean nothing "
                     "(time on a GPU with REVGN_BENCH_GPU=1)")
 
-    fn = getattr(ops, op)
+    fn = getattr(ops.bind(impl, DEVICE), op)
 
     def call():
-        fn(*args, backend=impl)
+        fn(*args)
         _sync()
 
     _sync()

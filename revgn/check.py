@@ -105,11 +105,12 @@ def _copy(args):
 def run_case(case: OpCase, backend: str) -> float:
     """Worst relative error of ``backend`` against the reference over the case's outputs;
     ``inf`` when the outputs differ in number, shape or dtype, or either is not finite."""
-    from revgn import ops
-    fn = getattr(ops, case.op)
+    from revgn.ops import REFERENCES, bind
+    device = next(a.device for a in case.args if isinstance(a, torch.Tensor))
+    fn = getattr(bind(backend, device), case.op)
     fast_args, ref_args = _copy(case.args), _copy(case.args)
-    got = case.outputs(fast_args, fn(*fast_args, backend=backend))
-    want = case.outputs(ref_args, fn(*ref_args, backend="reference"))
+    got = case.outputs(fast_args, fn(*fast_args))
+    want = case.outputs(ref_args, REFERENCES[case.op](*ref_args))
     if len(got) != len(want):
         return float("inf")
     worst = 0.0
@@ -148,10 +149,8 @@ def step_error(backend: str, device, activation: str = "gelu") -> float:
 
 def implements(backend: str, op: str, device) -> bool:
     """Whether ``backend`` has its own implementation of ``op`` (else the reference runs)."""
-    from revgn import ops
-    from revgn.ops._dispatch import implementation
-    reference = getattr(ops, f"{op.rstrip('_')}_ref")
-    return implementation(op, reference, backend, torch.device(device)) is not reference
+    from revgn.ops import bind
+    return bind(backend, device).implemented()[op]
 
 
 def backends_to_check(device) -> list[str]:

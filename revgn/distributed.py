@@ -40,7 +40,7 @@ from revgn.backend import check_backend_name
 from revgn.exact_gn import GNStepResult, NonFiniteStepError
 from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
 from revgn.model import ReversibleStack, RevMLP
-from revgn.ops import coupling_inverse_with_tangent, coupling_tangent, jt_update_
+from revgn.ops import bind
 from revgn.solvers import GRAM_SOLVERS, SolverConfig, gram_rtol_floor, solve_gram
 from revgn.sweep import CouplingReport, TopBlock, relative_residual
 from revgn.validation import check_choice, check_features, check_nonnegative, check_targets
@@ -283,7 +283,7 @@ class DistributedExactGN(torch.optim.Optimizer):
         self.step_scaling, self.backend, self.on_nonfinite = step_scaling, backend, on_nonfinite
         self.solver_config = SolverConfig(
             solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
-            pinv_damping_relative=pinv_damping_relative, backend=backend,
+            pinv_damping_relative=pinv_damping_relative, ops=bind(backend, model.U.device),
             gram_reduce=model.reduce_symmetric)
 
     # -- the step ------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class DistributedExactGN(torch.optim.Optimizer):
                                    "not finite at these parameters", [])
         result = GNStepResult(loss=float(batch_loss(logits, y, self.loss)))
         E = output_step(logits, y, self.loss, self.curvature, self.damping,
-                        self.backend) @ m.U.t()
+                        self.solver_config.ops) @ m.U.t()
         applied = []
         sweep = self._sweep(X, E, top)
         del top, logits  # the sweep holds the top block's workspace until it is used
@@ -369,7 +369,7 @@ class DistributedExactGN(torch.optim.Optimizer):
 
     def _tangent(self, c: ShardedCoupling, pre, du):
         """This rank's term of ``k = (s'(P) * (du C)) W^T``; ``pre`` is not modified."""
-        return coupling_tangent(pre, du, c.C, c.W, c.activation, backend=self.backend)
+        return self.solver_config.ops.coupling_tangent(pre, du, c.C, c.W, c.activation)
 
     def _invert(self, c: ShardedCoupling, u, du, y, dy):
         """``(x, dx, A_r, k)``: ``x = y - b - sum_r A_r W_r^T``, ``k = sum_r S_r W_r^T``,
@@ -379,8 +379,8 @@ class DistributedExactGN(torch.optim.Optimizer):
         ``-S_r W_r^T``; one all-reduce of the two stacked (2n, h) sums them over ranks.
         """
         zeros = torch.zeros_like(y)
-        neg_x, neg_k, A, _ = coupling_inverse_with_tangent(u, du, zeros, zeros, c.C, c.W, None,
-                                                           c.activation, backend=self.backend)
+        neg_x, neg_k, A, _ = self.solver_config.ops.coupling_inverse_with_tangent(
+            u, du, zeros, zeros, c.C, c.W, None, c.activation)
         n = y.shape[0]
         both = self.model.reduce(torch.cat([neg_x, neg_k]))
         x = y + both[:n]
@@ -401,7 +401,7 @@ class DistributedExactGN(torch.optim.Optimizer):
         if decay and sign > 0:
             for p in params:
                 p.mul_(1 - decay)
-        jt_update_(c.W, c.b, A, Z, -sign * self._scale(), backend=self.backend)
+        self.solver_config.ops.jt_update_(c.W, c.b, A, Z, -sign * self._scale())
         if decay and sign < 0:
             for p in params:
                 p.div_(1 - decay)

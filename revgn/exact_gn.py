@@ -10,7 +10,7 @@ import torch
 from revgn.backend import check_backend_name
 from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
 from revgn.model import RevMLP
-from revgn.ops import jt_product, jt_update_
+from revgn.ops import OpTable, bind
 from revgn.solvers import SOLVERS, SolverConfig
 from revgn.sweep import (TANGENT_MODES, CouplingReport, forward_for_sweep, gn_sweep,
                          relative_residual)
@@ -162,7 +162,8 @@ class ExactGN(torch.optim.Optimizer):
         self.generator.manual_seed(seed)
         self.solver_config = SolverConfig(
             solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
-            pinv_damping_relative=pinv_damping_relative, rsvd_rank=rsvd_rank, backend=backend,
+            pinv_damping_relative=pinv_damping_relative, rsvd_rank=rsvd_rank,
+            ops=bind(backend, model.U.device),
             generator=self.generator)
         self._warned = set()
 
@@ -264,9 +265,19 @@ class ExactGN(torch.optim.Optimizer):
                           LOSSES)
         return x, y
 
+    @property
+    def ops(self) -> OpTable:
+        """The op table the steps run on, bound to ``backend`` on the model's device (bound
+        again when the model moves)."""
+        device = self.model.U.device
+        if self.solver_config.ops.device != device:
+            self.solver_config.ops = bind(self.backend, device)
+        return self.solver_config.ops
+
     def _run(self, x, y, consume, commit: bool) -> GNStepResult:
         model = self.model
         x, y = self._prepare(x, y)
+        ops = self.ops
         if self.tangent_mode == "analytic":
             X_L, anchors, top = forward_for_sweep(model, x, self.anchor_every)
         else:
@@ -276,7 +287,7 @@ class ExactGN(torch.optim.Optimizer):
             return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
                                    "not finite at these parameters")
         loss = float(batch_loss(logits, y, self.loss))
-        e = output_step(logits, y, self.loss, self.curvature, self.damping, self.backend)
+        e = output_step(logits, y, self.loss, self.curvature, self.damping, ops)
         E = e @ model.U.t()  # the lift: U^T U = I, so E U = e
         result = GNStepResult(loss=loss, anchor_every=self.anchor_every)
         n = x.shape[0]
@@ -314,7 +325,7 @@ class ExactGN(torch.optim.Optimizer):
         needs the explicit ``dW``."""
         if sol.Z is not None and not self.noise:
             return None, None, sol.Z
-        dW, db = sol.parameter_update(A, backend=self.backend)
+        dW, db = sol.parameter_update(A, self.ops)
         if self.noise:
             dW, db = self._add_noise(dW), (self._add_noise(db) if db is not None else None)
         if not bool(torch.isfinite(dW).all()) or (db is not None and not bool(
@@ -338,7 +349,7 @@ class ExactGN(torch.optim.Optimizer):
             for p in params:
                 p.mul_(1 - decay)
         if update.Z is not None:
-            jt_update_(coupling.W, coupling.b, A, update.Z, alpha, backend=self.backend)
+            self.ops.jt_update_(coupling.W, coupling.b, A, update.Z, alpha)
         else:
             coupling.W.add_(update.dW, alpha=alpha)
             if coupling.b is not None:
@@ -355,7 +366,7 @@ class ExactGN(torch.optim.Optimizer):
     def _accumulate(self, deltas, update: CouplingUpdate, A):
         dW, db = update.dW, update.db
         if update.Z is not None:
-            dW, db = jt_product(A, update.Z, backend=self.backend)
+            dW, db = self.ops.jt_product(A, update.Z)
         group = self._group()
         decay = group["lr"] * group["weight_decay"]
         scale = self._scale()

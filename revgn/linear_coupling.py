@@ -64,9 +64,9 @@ class LinearSolve:
         self.S = R @ G @ R.t()
         self.QtT = self.Q.t() @ T.to(torch.float64)
 
-    def solve(self, method: str, rtol: float, atol: float):
+    def solve(self, method: str, rtol: float, atol: float, ops):
         """``(Z (n x h, float64), realized (n x h, float64), rank, status)``."""
-        sol = gram_solve(self.S, self.QtT, method, rtol, atol)
+        sol = gram_solve(self.S, self.QtT, method, rtol, atol, ops=ops)
         Z = self.Q @ sol.Z
         realized = self.Q @ (self.S @ sol.Z)
         return Z, realized, int(sol.rank), int(sol.status)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from revgn.ops.solve import gram_solve
+from revgn.ops.table import reference_ops
 
 LOSSES = ("cross_entropy", "mse")
 CURVATURES = ("identity", "exact", "damped")
@@ -47,8 +48,10 @@ def softmax_hessian(p: torch.Tensor) -> torch.Tensor:
 
 
 def output_step(logits: torch.Tensor, y: torch.Tensor, loss: str, curvature: str = "identity",
-                damping: float = 0.0, backend: str = "auto") -> torch.Tensor:
-    """``e`` (n x k): the output-space GN step ``H^+ g`` per sample (see the module table)."""
+                damping: float = 0.0, ops=None) -> torch.Tensor:
+    """``e`` (n x k): the output-space GN step ``H^+ g`` per sample (see the module table).
+    ``ops`` (``revgn.ops.bind``) runs the damped curvature's small solves (the references when
+    None: the step of a loss is not an op of the sweep)."""
     if loss == "mse":
         return logits - y
     p = torch.softmax(logits, dim=1)
@@ -59,4 +62,4 @@ def output_step(logits: torch.Tensor, y: torch.Tensor, loss: str, curvature: str
         return softmax_pinv_closed_form(p, y)
     # damped: one small SPD system per sample, (H_i + lambda I) e_i = g_i
     H = softmax_hessian(p) + damping * torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
-    return gram_solve(H, g[:, :, None], "cholesky", backend=backend).Z[:, :, 0]
+    return gram_solve(H, g[:, :, None], "cholesky", ops=ops or reference_ops()).Z[:, :, 0]

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from revgn.linear_coupling import LINEAR_SOLVERS, LinearSolve, bottleneck_gram, linear_update
-from revgn.ops import gram, gram_solve, jt_product
+from revgn.ops import OpTable, gram_solve, reference_ops
 from revgn.ops.solve import FELL_BACK, NONFINITE, largest_eigenvalue
 
 SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose", "projector")
@@ -67,7 +67,8 @@ class SolverConfig:
     rsvd_rank: int | None = None
     rsvd_oversample: int = 10
     rsvd_power_iters: int = 2
-    backend: str = "auto"
+    #: the op table (``revgn.ops.bind``) every solve runs on; the optimizers bind their own
+    ops: OpTable = field(default_factory=reference_ops)
     generator: torch.Generator | None = field(default=None, repr=False)
     #: sums a Gram matrix over the shards of ``A`` (tensor parallelism over M); None: not sharded
     gram_reduce: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
@@ -94,10 +95,10 @@ class CouplingSolution:
     #: ``solve_coupling``'s ``T_factors``): pushes of the realized change may use the factors
     realized_left: torch.Tensor | None = None
 
-    def parameter_update(self, A: torch.Tensor, backend: str = "auto"):
+    def parameter_update(self, A: torch.Tensor, ops: OpTable):
         """``(dW, db)`` in the layout of ``(W, b)``; ``db`` is None without bias."""
         if self.Z is not None:
-            dW, db = jt_product(A, self.Z, backend=backend)
+            dW, db = ops.jt_product(A, self.Z)
             return dW, (db if self.bias else None)
         return self.dW, self.db
 
@@ -197,8 +198,7 @@ def solve_tall(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
     At = with_ones(A, bias)
     rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
     G = (At.t() @ At).to(torch.float64)
-    sol = gram_solve(G, (At.t() @ T).to(torch.float64), "eigh", rtol, cfg.atol,
-                     backend=cfg.backend)
+    sol = gram_solve(G, (At.t() @ T).to(torch.float64), "eigh", rtol, cfg.atol, ops=cfg.ops)
     D = sol.Z.to(A.dtype)
     return _finish_dense(At, T, D, bias, int(sol.rank), "tall-eigh", False)
 
@@ -207,7 +207,7 @@ def solve_tall(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
 REFINE_RTOL = 1e-10
 
 
-def refine_gram_solution(At64, K64, T64, Z64, backend: str = "auto", max_steps: int = 3):
+def refine_gram_solution(At64, K64, T64, Z64, ops: OpTable, max_steps: int = 3):
     """Corrected semi-normal equations for the minimum-norm ``A~ D = T`` (Bjorck, Numerical
     Methods for Least Squares Problems, §6.6), float64.
 
@@ -225,7 +225,7 @@ def refine_gram_solution(At64, K64, T64, Z64, backend: str = "auto", max_steps: 
     for _ in range(max_steps):
         if not err > REFINE_RTOL:  # also stops on NaN
             break
-        correction = gram_solve(K64, T64 - realized, "cholesky", backend=backend).Z
+        correction = gram_solve(K64, T64 - realized, "cholesky", ops=ops).Z
         candidate = D + At64.t() @ correction
         candidate_realized = At64 @ candidate
         candidate_err = relative_residual(candidate_realized, T64)
@@ -249,9 +249,9 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
     method = cfg.solver
     rtol = max(cfg.rtol, gram_rtol_floor(A.dtype))
     if cfg.gram_reduce is None:
-        K = gram(A, bias, backend=cfg.backend)
+        K = cfg.ops.gram(A, bias)
     else:  # each shard holds some columns of A: K = sum over shards of A_r A_r^T, + 1 once
-        K = cfg.gram_reduce(gram(A, False, backend=cfg.backend))
+        K = cfg.gram_reduce(cfg.ops.gram(A, False))
         if bias:
             K = K + 1
     K64, T64 = K.to(torch.float64), T.to(torch.float64)
@@ -276,9 +276,9 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
     if T_factors is not None:
         # T = e R with e (n x k), k << h: solve for e alone, Z = K^+ e R (see _factored_solution)
         sol = gram_solve(K64, T_factors[0].to(torch.float64), method, rtol, cfg.atol, damping,
-                         backend=cfg.backend)
+                         ops=cfg.ops)
     else:
-        sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, backend=cfg.backend)
+        sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, ops=cfg.ops)
     status = int(sol.status)
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
@@ -314,12 +314,21 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
     if (exact and A.dtype == torch.float64 and status != NONFINITE and cfg.gram_reduce is None
             and residual > REFINE_RTOL):
         At = with_ones(A, bias)
-        D, realized, residual = refine_gram_solution(At, K64, T64, sol.Z, cfg.backend)
+        D, realized, residual = refine_gram_solution(At, K64, T64, sol.Z, cfg.ops)
         refined = _finish_dense(At, T, D, bias, rank, f"{route}+refined", True, realized)
         refined.residual = residual
         return refined
     return CouplingSolution(realized=realized, rank=rank, method=route, exact=exact,
                             Z=Z, finite=status != NONFINITE, bias=bias, residual=residual)
+
+
+def _explicit(sol: CouplingSolution, A, cfg: SolverConfig) -> CouplingSolution:
+    """``sol`` with ``dW``, ``db`` formed: the sweep keeps no ``A`` of a folded coupling to
+    form them from ``Z`` later."""
+    if sol.Z is not None:
+        sol.dW, sol.db = sol.parameter_update(A, cfg.ops)
+        sol.Z = None
+    return sol
 
 
 def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int | None,
@@ -337,7 +346,7 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
                or n > C.shape[1] + (1 if bias else 0)
                or 0.0 < cfg.rtol < gram_rtol_floor(u.dtype))
     if generic:
-        return solve_coupling(u @ C, T, bias, cfg, max_rank, key)
+        return _explicit(solve_coupling(u @ C, T, bias, cfg, max_rank, key), u @ C, cfg)
     rtol = max(cfg.rtol, gram_rtol_floor(u.dtype))
     rank_known_short = max_rank is not None and max_rank < n
     method, route = cfg.solver, cfg.solver
@@ -347,13 +356,14 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
         method, route = "eigh", "projector->eigh (rtol below its band)"
     route = "linear " + route
     work = LinearSolve(u, T, bias, bottleneck_gram(C, bias, cfg.memo))
-    Z64, realized64, rank, status = work.solve(method, rtol, cfg.atol)
+    Z64, realized64, rank, status = work.solve(method, rtol, cfg.atol, cfg.ops)
     if status == FELL_BACK:
         route = f"linear {cfg.solver}->eigh"
     exact = rank == n
     residual = relative_residual(realized64, T.to(torch.float64))
     if exact and u.dtype == torch.float64 and status != NONFINITE and residual > REFINE_RTOL:
-        return solve_coupling(u @ C, T, bias, cfg, max_rank, key)
+        A = u @ C
+        return _explicit(solve_coupling(A, T, bias, cfg, max_rank, key), A, cfg)
     Z = Z64.to(u.dtype)
     dW, db = linear_update(u, C, Z, bias)
     return CouplingSolution(realized=realized64.to(u.dtype), rank=rank, method=route, exact=exact,

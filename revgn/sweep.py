@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from revgn.ops import coupling_inverse_with_tangent, coupling_tangent
 from revgn.solvers import (CouplingSolution, SolverConfig, relative_residual, solve_coupling,
                            solve_linear_coupling)
 
@@ -115,48 +114,48 @@ def forward_for_sweep(model, x, anchor_every: int | None = None):
     return torch.cat([y1, y2], dim=1), anchors, TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G, folds)
 
 
-def _push(coupling, fold, pre, du, backend):
+def _push(coupling, fold, pre, du, ops):
     """``(s'(P) * (du C)) W^T``: the push of ``du`` through the coupling (``du C W^T`` when
     folded)."""
     if fold is not None:
         return du @ fold
-    return coupling_tangent(pre, du, coupling.C, coupling.W, coupling.activation, backend=backend)
+    return ops.coupling_tangent(pre, du, coupling.C, coupling.W, coupling.activation)
 
 
-def _invert(coupling, fold, u, du, y, dy, backend):
+def _invert(coupling, fold, u, du, y, dy, ops):
     """``(x, dx, A, k)`` of ``coupling_inverse_with_tangent``; ``A`` is None when folded."""
     if fold is None:
-        return coupling_inverse_with_tangent(u, du, y, dy, coupling.C, coupling.W, coupling.b,
-                                             coupling.activation, backend=backend)
+        return ops.coupling_inverse_with_tangent(u, du, y, dy, coupling.C, coupling.W, coupling.b,
+                                                 coupling.activation)
     x = torch.addmm(coupling.b, u, fold, beta=-1, alpha=-1).add_(y) if coupling.b is not None \
         else y - u @ fold
     k = du @ fold
     return x, dy - k, None, k
 
 
-def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, backend,
+def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, ops,
                    T1_push=None):
     """Tangents only: the primal inputs and activations come from the forward pass.
     ``T1_push = (e, R C_G)`` pushes ``T1 = e R`` through G as ``e (R C_G)``."""
     G, F = block.G, block.F
     if T1_push is not None:
-        K = coupling_tangent(top.P_G, T1_push[0], T1_push[1], G.W, G.activation, backend=backend)
+        K = ops.coupling_tangent(top.P_G, T1_push[0], T1_push[1], G.W, G.activation)
     else:
-        K = _push(G, folds.get(G), top.P_G, T1, backend)
+        K = _push(G, folds.get(G), top.P_G, T1, ops)
     dX2 = T2 - K
     dX1 = None
     if not bottom:
-        dX1 = T1 - _push(F, folds.get(F), top.P_F, dX2, backend)
+        dX1 = T1 - _push(F, folds.get(F), top.P_F, dX2, ops)
     return top.X1, top.X2, dX1, dX2, top.A_F, top.A_G, K
 
 
-def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, folds: dict, backend):
+def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, folds: dict, ops):
     G, F = block.G, block.F
-    X2, dX2, A_G, K = _invert(G, folds.get(G), Y1, T1, Y2, T2, backend)
+    X2, dX2, A_G, K = _invert(G, folds.get(G), Y1, T1, Y2, T2, ops)
     if bottom:
         A_F = F.activations(X2) if F not in folds else None
         return None, X2, None, dX2, A_F, A_G, K
-    X1, dX1, A_F, _ = _invert(F, folds.get(F), X2, dX2, Y1, T1, backend)
+    X1, dX1, A_F, _ = _invert(F, folds.get(F), X2, dX2, Y1, T1, ops)
     return X1, X2, dX1, dX2, A_F, A_G, K
 
 
@@ -167,7 +166,7 @@ def _pull_back_autodiff(block, Y1, Y2, T1, T2):
 
 
 def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str, folds: dict,
-                backend, P_G=None, realized_push=None):
+                ops, P_G=None, realized_push=None):
     """``K'``: how F's realized change of ``Y1`` moves ``Y2`` through G. ``P_G = Y1 C_G`` when
     the forward kept it (the top block), else it is recomputed; ``realized_push = (r, R C_G)``
     when the realized change is ``r R`` (a factored target)."""
@@ -177,12 +176,11 @@ def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str, fold
         return K
     G = block.G
     if realized_push is not None and P_G is not None:
-        return coupling_tangent(P_G, realized_push[0], realized_push[1], G.W, G.activation,
-                                backend=backend)
+        return ops.coupling_tangent(P_G, realized_push[0], realized_push[1], G.W, G.activation)
     fold = folds.get(G)
     if fold is None and P_G is None:
         P_G = G.preactivation(Y1)
-    return _push(G, fold, P_G, realized_F, backend)
+    return _push(G, fold, P_G, realized_F, ops)
 
 
 def _solve(index, name, coupling, u, A, T, cfg: SolverConfig, folds: dict,
@@ -216,17 +214,17 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_autodiff(block, Y1, Y2, T1, T2)
     elif top is not None:
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_top(
-            block, top, T1, T2, bottom, folds, cfg.backend,
+            block, top, T1, T2, bottom, folds, cfg.ops,
             (T1_factors[0], RC_G) if T1_factors is not None else None)
     else:
         X1, X2, dX1, dX2, A_F, A_G, K = _pull_back_analytic(block, Y1, Y2, T1, T2, bottom,
-                                                            folds, cfg.backend)
+                                                            folds, cfg.ops)
     sol_F = _solve(index, "F", F, X2, A_F, T1, cfg, folds, T1_factors)
     realized_push = None
     if sol_F.realized_left is not None and RC_G is not None:
         realized_push = (sol_F.realized_left, RC_G)
     K_cross = _cross_term(block, Y1, sol_F.realized, K, sol_F.exact, tangent_mode, folds,
-                          cfg.backend, top.P_G if top is not None else None, realized_push)
+                          cfg.ops, top.P_G if top is not None else None, realized_push)
     target_G = T2 - K_cross
     sol_G = _solve(index, "G", G, Y1, A_G, target_G, cfg, folds)
     n = Y1.shape[0]

@@ -113,14 +113,14 @@ def test_a_kernel_mismatch_exits_1(tmp_path):
         pytest.skip("the revgn extension is not built here")
     code = textwrap.dedent("""
         import sys
-        from revgn.ops import jt
-        real = jt.implementation
+        from revgn.ops import table
+        real = table.implementation
         def off(op_name, reference, name, device):
             fn = real(op_name, reference, name, device)
             if op_name != "gram" or fn is reference:
                 return fn
             return lambda A, bias: fn(A, bias) * (1 + 1e-3)
-        jt.implementation = off
+        table.implementation = off
         from revgn.cli import main
         sys.exit(main(["check", "--backend", "cpp"]))
     """)
@@ -206,19 +206,23 @@ def test_check_passes_on_the_extension_built_here(capsys):
 
 def test_check_fails_on_a_wrong_kernel(monkeypatch):
     from revgn import backend, check
-    from revgn.ops import jt
+    from revgn.ops import table
     if not backend.available("cpp", "cpu"):
         import pytest
         pytest.skip("the revgn extension is not built here")
-    real = jt.implementation
+    real = table.implementation
 
     def off_by_a_little(op_name, reference, name, device):
         fn = real(op_name, reference, name, device)
         if op_name != "gram" or fn is reference:
             return fn
         return lambda A, bias: fn(A, bias) * (1 + 1e-3)
-    monkeypatch.setattr(jt, "implementation", off_by_a_little)
-    rows = check.check("cpu", ["cpp"])
+    monkeypatch.setattr(table, "implementation", off_by_a_little)
+    table._bind_resolved.cache_clear()  # tables bound before the patch hold the real kernel
+    try:
+        rows = check.check("cpu", ["cpp"])
+    finally:
+        table._bind_resolved.cache_clear()
     failed = {(r["op"], r["dtype"]) for r in rows if not r["ok"]}
     # the whole step goes through the Gram too, so it fails with it
     assert failed == {("gram", "float32"), ("gram", "float64"), ("exact_gn_step", "float64")}

@@ -2,12 +2,14 @@
 Jacobian, path selection, and the row system on saturated outputs."""
 import pytest
 import torch
+
 from torch import nn
 
 from revgn.egn import EGN
 from revgn.egn.jacobian import ExplicitJacobian, StructuredJacobian, resolve_path
 from revgn.egn.losses import output_model
 from revgn.egn.rowsystem import row_coefficients
+from revgn.ops import reference_ops
 from tests.test_egn import flat, full_jacobian, mlp, output_derivatives, rel, targets
 
 ARCHS = {
@@ -26,7 +28,7 @@ ARCHS = {
 
 
 def _both(model, x):
-    return StructuredJacobian(model, x), ExplicitJacobian(model, x)
+    return StructuredJacobian(model, x, reference_ops()), ExplicitJacobian(model, x)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -118,6 +120,6 @@ def test_row_system_is_exact_where_the_output_hessian_underflows(loss):
     JJ = A @ A.t()
     Q, r = output_derivatives(f, y, loss)
     want = torch.linalg.solve(Q @ JJ + mu * torch.eye(b * c, dtype=torch.float64), r)
-    u, status = row_coefficients(JJ.reshape(b, c, b, c), om, mu)
+    u, status = row_coefficients(JJ.reshape(b, c, b, c), om, mu, reference_ops())
     assert int(status.max()) == 0
     assert rel(u.reshape(-1), want) < 1e-10

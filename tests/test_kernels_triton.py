@@ -274,11 +274,13 @@ def test_opcheck(case):
     torch.library.opcheck(op, args)   # schema, autograd registration, fake tensor, AOT dynamic
 
 
-def test_dispatcher_routes_to_triton():
+def test_the_op_table_routes_to_triton():
+    table = ops.bind("triton", DEVICE)
+    assert table.backend == "triton" and table.gram is kernels.gram
     A = torch.randn(9, 21, dtype=torch.float64, device=DEVICE)
-    assert rel(ops.gram(A, True, backend="triton"), gram_ref(A, True)) < 1e-13
+    assert rel(table.gram(A, True), gram_ref(A, True)) < 1e-13
     args = coupling_inputs(6, 4, 10, torch.float64, device=DEVICE)
-    for got, want in zip(ops.coupling_inverse_with_tangent(*args, "relu", backend="triton"),
+    for got, want in zip(table.coupling_inverse_with_tangent(*args, "relu"),
                          coupling_inverse_with_tangent_ref(*args, "relu")):
         assert rel(got, want) < 1e-13
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from revgn.ops import gram as gram_op
-from revgn.ops import jt_product
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.LeakyReLU, nn.Identity,
                nn.ELU, nn.Softplus)
@@ -93,11 +91,11 @@ class StructuredJacobian:
     """Per-layer inputs ``A_l`` from the forward; output-side ``G_l`` (b, c, out_l) on demand."""
     path = "structured"
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, backend: str = "auto"):
+    def __init__(self, model: nn.Module, x: torch.Tensor, ops):
         layers, reason = structure(model, x)
         if layers is None:
             raise ValueError(f"the structured Jacobian needs a Linear stack: {reason}")
-        self.backend = backend
+        self.ops = ops
         self._trace = []  # ("linear", module, input) or ("act", module, slope)
         with torch.no_grad():
             a = x.reshape(x.shape[0], -1)
@@ -144,7 +142,7 @@ class StructuredJacobian:
         with torch.no_grad():
             for m, a, G in self._layers():
                 if _trainable(m.weight):
-                    Ka = gram_op(a, _trainable(m.bias), backend=self.backend)
+                    Ka = self.ops.gram(a, _trainable(m.bias))
                 else:  # only the bias moves: a . a drops out
                     Ka = torch.ones(b, b, dtype=a.dtype, device=a.device)
                 Gf = G.reshape(b * c, -1)
@@ -159,7 +157,7 @@ class StructuredJacobian:
             for m, a, G in self._layers():
                 V = torch.einsum("ic,ico->io", u.to(G.dtype), G)
                 if _trainable(m.weight):
-                    dW, db = jt_product(a, V, backend=self.backend)
+                    dW, db = self.ops.jt_product(a, V)
                     out[m.weight] = dW
                 else:
                     db = V.sum(dim=0)
@@ -172,7 +170,8 @@ class ExplicitJacobian:
     """The full Jacobian, one block ``J_p`` (bc x numel p) per trainable parameter tensor."""
     path = "explicit"
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, backend: str = "auto"):
+    def __init__(self, model: nn.Module, x: torch.Tensor, ops=None):
+        # the explicit Jacobian is the reference path: it runs no op of the table
         self._model, self._x = model, x
         self._trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self._frozen = {n: p.detach() for n, p in model.named_parameters()
@@ -205,7 +204,8 @@ class ExplicitJacobian:
         return {p: (flat.to(Jp.dtype) @ Jp).reshape(p.shape) for p, Jp in self.blocks().items()}
 
 
-def row_jacobian(model: nn.Module, x: torch.Tensor, mode: str = "auto", backend: str = "auto"):
-    """Runs the forward only; ``gram`` and ``transpose_apply`` do the Jacobian work on demand."""
+def row_jacobian(model: nn.Module, x: torch.Tensor, mode: str, ops):
+    """Runs the forward only; ``gram`` and ``transpose_apply`` do the Jacobian work on demand,
+    the structured path on the op table ``ops`` (``revgn.ops.bind``)."""
     cls = StructuredJacobian if resolve_path(model, x, mode) == "structured" else ExplicitJacobian
-    return cls(model, x, backend)
+    return cls(model, x, ops)

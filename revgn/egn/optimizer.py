@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from revgn.backend import check_backend_name
+from revgn.ops import bind
 from revgn.egn import linesearch
 from revgn.egn.checks import check_batch, check_outputs, check_targets
 from revgn.egn.jacobian import JACOBIAN_MODES, resolve_path, row_jacobian
@@ -120,6 +121,7 @@ class EGN(torch.optim.Optimizer):
         self.adaptive_damping = adaptive_damping
         self.jacobian = jacobian
         self.backend = backend
+        self._tables = {}
         self.armijo_c, self.shrink, self.grow = armijo_c, shrink, grow
         self.alpha_max, self.max_trials = alpha_max, int(max_trials)
         self.damping_range = (lo, hi)
@@ -201,15 +203,23 @@ class EGN(torch.optim.Optimizer):
     def _params(self):
         return self.param_groups[0]["params"]
 
+    def _ops(self, device):
+        """The op table of ``backend`` on ``device``, bound once per device."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = bind(self.backend, device)
+        return self._tables[device]
+
     def _solve(self, x, y):
         """Forward, validation (before any state changes), then ``d = J^T u``."""
-        jac = row_jacobian(self.model, x, self.jacobian, self.backend)
+        ops = self._ops(x.device)
+        jac = row_jacobian(self.model, x, self.jacobian, ops)
         f = jac.outputs.detach()
         check_outputs(f, x.shape[0])
         y = check_targets(f, y, self.loss, EGN_LOSSES)
         om = output_model(f, y, self.loss)
         mu = f.shape[0] * float(self.param_groups[0]["damping"])
-        u, _ = row_coefficients(jac.gram(), om, mu, self.backend)
+        u, _ = row_coefficients(jac.gram(), om, mu, ops)
         d = {p: t.detach() for p, t in jac.transpose_apply(u.to(f.dtype)).items()}
         for p in self._params():  # a parameter the outputs do not depend on does not move
             d.setdefault(p, torch.zeros_like(p))

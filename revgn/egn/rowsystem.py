@@ -26,9 +26,9 @@ from revgn.egn.losses import OutputModel
 from revgn.ops import NONFINITE, gram_solve
 
 
-def row_coefficients(JJ: torch.Tensor, om: OutputModel, mu: float, backend: str = "auto"):
+def row_coefficients(JJ: torch.Tensor, om: OutputModel, mu: float, ops):
     """``u`` (b, c) float64 with ``d = J^T u``, and ``gram_solve``'s status (1,), given
-    ``JJ = J J^T`` (b, c, b, c)."""
+    ``JJ = J J^T`` (b, c, b, c); the solve runs on the op table ``ops``."""
     b, c = om.r.shape
     # rank decisions cannot be finer than the rounding of the Gram as it was computed
     rtol = 10 * torch.finfo(JJ.dtype).eps ** 0.5
@@ -45,8 +45,8 @@ def row_coefficients(JJ: torch.Tensor, om: OutputModel, mu: float, backend: str 
         # overflowed outputs or Jacobian: report, do not hand NaN to a factorization
         return torch.full_like(om.r, float("nan")), torch.full((1,), NONFINITE, dtype=torch.int32)
     if mu > 0:
-        sol = gram_solve(K, rhs.reshape(b * c, 1), "damped", damping=mu, backend=backend)
+        sol = gram_solve(K, rhs.reshape(b * c, 1), "damped", damping=mu, ops=ops)
     else:
-        sol = gram_solve(K, rhs.reshape(b * c, 1), "cholesky", rtol=rtol, backend=backend)
+        sol = gram_solve(K, rhs.reshape(b * c, 1), "cholesky", rtol=rtol, ops=ops)
     v = sol.Z.reshape(b, c)
     return torch.einsum("icd,id->ic", Fm, v) + w, sol.status

@@ -1,17 +1,22 @@
 """The ops of the GN sweep, each beside its pure-PyTorch reference (``*_ref``).
 
-Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpp"``; see ``revgn.backend``.
+Callers bind the ops once to a backend and device and pass the table down::
+
+    ops = revgn.ops.bind("auto", device)   # "auto" | "reference" | "triton" | "cuda" | "cpp"
+    ops.coupling_tangent(pre, du, C, W, "relu")
+
+(``revgn.ops.table``; ``revgn.backend`` resolves the name). ``gram_solve`` is built from the ops
+and takes the table as ``ops=``.
 """
-from revgn.ops.coupling import (coupling_inverse_with_tangent, coupling_inverse_with_tangent_ref,
-                                coupling_tangent, coupling_tangent_ref)
-from revgn.ops.jt import gram, gram_ref, jt_product, jt_product_ref, jt_update_, jt_update_ref
-from revgn.ops.solve import (FELL_BACK, NONFINITE, SOLVED, GramSolution, cholesky_factor_solve,
+from revgn.ops.coupling import coupling_inverse_with_tangent_ref, coupling_tangent_ref
+from revgn.ops.jt import gram_ref, jt_product_ref, jt_update_ref
+from revgn.ops.solve import (FELL_BACK, NONFINITE, SOLVED, GramSolution,
                              cholesky_factor_solve_ref, eigh_solve, gram_solve)
+from revgn.ops.table import REFERENCES, OpTable, bind, reference_ops
 
 __all__ = [
-    "coupling_inverse_with_tangent", "coupling_inverse_with_tangent_ref", "coupling_tangent",
-    "coupling_tangent_ref",
-    "gram", "gram_ref", "jt_product", "jt_product_ref", "jt_update_", "jt_update_ref",
-    "gram_solve", "cholesky_factor_solve", "cholesky_factor_solve_ref", "eigh_solve",
-    "GramSolution", "SOLVED", "FELL_BACK", "NONFINITE",
+    "bind", "reference_ops", "OpTable", "REFERENCES",
+    "coupling_inverse_with_tangent_ref", "coupling_tangent_ref", "gram_ref", "jt_product_ref",
+    "jt_update_ref", "cholesky_factor_solve_ref",
+    "gram_solve", "eigh_solve", "GramSolution", "SOLVED", "FELL_BACK", "NONFINITE",
 ]

@@ -1,4 +1,4 @@
-"""One dispatch mechanism for every op: reference, Triton, or the compiled extension."""
+"""Where each backend keeps its implementation of an op (``revgn.ops.bind`` asks here)."""
 from __future__ import annotations
 
 import torch

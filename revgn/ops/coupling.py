@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from revgn.activations import get_activation
-from revgn.ops._dispatch import implementation
 
 
 def coupling_inverse_with_tangent_ref(u, du, y, dy, C, W, b, activation: str):
@@ -35,13 +34,6 @@ def coupling_inverse_with_tangent_ref(u, du, y, dy, C, W, b, activation: str):
     return x, dy - k, A, k
 
 
-def coupling_inverse_with_tangent(u, du, y, dy, C, W, b, activation: str, backend: str = "auto"):
-    """Dispatching entry point; see the module docstring for the equations."""
-    fn = implementation("coupling_inverse_with_tangent", coupling_inverse_with_tangent_ref,
-                        backend, u.device)
-    return fn(u, du, y, dy, C, W, b, activation)
-
-
 def coupling_tangent_ref(pre, du, C, W, activation: str):
     """The push of ``du`` alone, given the pre-activation ``P = u C``:
     ``k = (s'(P) * (du C)) W^T``. With a bottleneck ``du`` may be thin, ``du`` (n x k) and
@@ -49,8 +41,3 @@ def coupling_tangent_ref(pre, du, C, W, activation: str):
     act = get_activation(activation)
     dpre = du @ C if C is not None else du.clone()
     return act.mul_grad_(pre, dpre) @ W.t()
-
-
-def coupling_tangent(pre, du, C, W, activation: str, backend: str = "auto"):
-    fn = implementation("coupling_tangent", coupling_tangent_ref, backend, pre.device)
-    return fn(pre, du, C, W, activation)

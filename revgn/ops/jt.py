@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from revgn.ops._dispatch import implementation
-
 
 def gram_ref(A, bias: bool):
     """``K = A A^T (+ 1 1^T when bias)``, symmetric (n x n)."""
@@ -21,17 +19,9 @@ def gram_ref(A, bias: bool):
     return K
 
 
-def gram(A, bias: bool, backend: str = "auto"):
-    return implementation("gram", gram_ref, backend, A.device)(A, bias)
-
-
 def jt_product_ref(A, Z):
     """``(dW, db) = (Z^T A, 1^T Z)``: dW is (h, M), the layout of W."""
     return Z.t() @ A, Z.sum(dim=0)
-
-
-def jt_product(A, Z, backend: str = "auto"):
-    return implementation("jt_product", jt_product_ref, backend, A.device)(A, Z)
 
 
 def jt_update_ref(W, b, A, Z, alpha: float):
@@ -40,6 +30,3 @@ def jt_update_ref(W, b, A, Z, alpha: float):
     if b is not None:
         b.add_(Z.sum(dim=0), alpha=alpha)
 
-
-def jt_update_(W, b, A, Z, alpha: float, backend: str = "auto"):
-    implementation("jt_update_", jt_update_ref, backend, A.device)(W, b, A, Z, alpha)

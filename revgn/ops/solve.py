@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import torch
 
-from revgn.ops._dispatch import implementation
 
 SOLVE_METHODS = ("cholesky", "eigh", "damped", "projector")
 
@@ -59,11 +58,6 @@ def cholesky_factor_solve_ref(K, R, damping: float):
     L, info = torch.linalg.cholesky_ex(K)
     Z = torch.cholesky_solve(R, L)
     return L, Z, info.to(torch.int32)
-
-
-def cholesky_factor_solve(K, R, damping: float = 0.0, backend: str = "auto"):
-    fn = implementation("cholesky_factor_solve", cholesky_factor_solve_ref, backend, K.device)
-    return fn(K, R, float(damping))
 
 
 def _start_vector(K):
@@ -157,8 +151,9 @@ def projector_solve(K, R, rtol: float, atol: float, band: float = PROJECTOR_BAND
 
 
 def gram_solve(K, R, method: str = "cholesky", rtol: float = 0.0, atol: float = 0.0,
-               damping: float = 0.0, backend: str = "auto") -> GramSolution:
-    """Solve ``K Z = R`` with pseudoinverse semantics; see the module docstring."""
+               damping: float = 0.0, *, ops) -> GramSolution:
+    """Solve ``K Z = R`` with pseudoinverse semantics; see the module docstring. ``ops``
+    (``revgn.ops.bind``) supplies ``cholesky_factor_solve``."""
     if method not in SOLVE_METHODS:
         raise ValueError(f"unknown gram_solve method {method!r}; choose one of {SOLVE_METHODS}")
     unbatched = K.dim() == 2
@@ -174,7 +169,7 @@ def gram_solve(K, R, method: str = "cholesky", rtol: float = 0.0, atol: float = 
         Z, rank = projector_solve(K, R, rtol, atol)
     else:
         shift = damping if method == "damped" else 0.0
-        L, Z, info = cholesky_factor_solve(K, R, shift, backend=backend)
+        L, Z, info = ops.cholesky_factor_solve(K, R, float(shift))
         failed = info != 0
         if method == "cholesky" and (rtol > 0 or atol > 0):
             # Estimates are harmless on the failed systems (their L is garbage, their verdict is

@@ -1,0 +1,136 @@
+"""The op table: bound once, passed down, and honest about what runs.
+
+``backend="reference"`` must run the references and nothing else on every path: a dispatch mode
+records every op executed during the steps, and no op of the compiled extension (``revgn::``) or
+of the Triton kernels (``revgn_triton::``) may appear. A fast backend, recorded the same way,
+is the positive control that the recording sees them.
+"""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import revgn
+from revgn import backend as _backend
+from revgn.ops import REFERENCES, OpTable, bind, reference_ops
+from tests.helpers import labels, make_model
+
+FAST_NAMESPACES = ("revgn", "revgn_triton")
+
+
+class RecordOps(TorchDispatchMode):
+    """Every op dispatched while active, as ``namespace::name``."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(f"{func.namespace}::{func.__name__.split('.')[0]}")
+        return func(*args, **(kwargs or {}))
+
+    def fast(self):
+        return {name for name in self.seen if name.split("::")[0] in FAST_NAMESPACES}
+
+
+SOLVER_OPTIONS = [
+    dict(solver="cholesky"), dict(solver="cholesky", rtol=1e-1), dict(solver="eigh", rtol=1e-2),
+    dict(solver="svd", rtol=1e-2), dict(solver="qr"), dict(solver="rsvd"),
+    dict(solver="damped", pinv_damping=1e-3), dict(solver="transpose"),
+    dict(solver="projector", rtol=1e-1), dict(solver="cholesky", curvature="damped", damping=0.1),
+    dict(solver="cholesky", rtol=1e-1, tangent_mode="autodiff"),
+    dict(solver="cholesky", rtol=1e-1, noise=0.1),
+]
+
+
+def _steps(backend, options, dtype=torch.float64):
+    """Two steps (the second takes the routes a first step remembers) and a direction of a
+    depth-3 model whose first block is linear (folded) and whose later couplings truncate at
+    ``rtol=1e-1``: every coupling kind, the cross-term of a truncated F included."""
+    torch.manual_seed(0)
+    model = make_model(12, 3, 3, 40, activation="relu", first_activation="identity", dtype=dtype)
+    x, y = torch.randn(30, 12, dtype=dtype), labels(30, 3)
+    opt = revgn.ExactGN(model, lr=0.3, backend=backend, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        opt.step(x, y)
+        opt.step(x, y)
+        opt.direction(x, y)
+
+
+@pytest.mark.parametrize("options", SOLVER_OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
+def test_the_reference_backend_runs_only_references(options):
+    with RecordOps() as record:
+        _steps("reference", options)
+    assert record.seen, "the recording saw nothing"
+    assert record.fast() == set()
+
+
+def test_egn_on_the_reference_backend_runs_only_references():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    x, y = torch.randn(11, 6), labels(11, 3)
+    with RecordOps() as record:
+        for damping in (0.0, 0.1):
+            revgn.EGN(copy.deepcopy(model), loss="cross_entropy", damping=damping,
+                      backend="reference").step(x, y)
+    assert record.seen and record.fast() == set()
+
+
+def _fast_cpu_backends():
+    names = [b for b in ("cpp", "triton") if _backend.available(b, torch.device("cpu"))]
+    return names or [pytest.param("none", marks=pytest.mark.skip(reason="no fast CPU backend"))]
+
+
+@pytest.mark.parametrize("name", _fast_cpu_backends())
+def test_a_fast_backend_is_seen_by_the_recording(name):
+    """The positive control: the same recording sees a fast backend's ops."""
+    with RecordOps() as record:
+        _steps(name, dict(solver="cholesky", rtol=1e-1))
+    namespace = "revgn" if name == "cpp" else "revgn_triton"
+    assert {op.split("::")[0] for op in record.fast()} == {namespace}
+    assert f"{namespace}::coupling_tangent" in record.fast()
+
+
+def test_bind_resolves_once_and_keeps_the_choice():
+    table = bind("reference", "cpu")
+    assert isinstance(table, OpTable) and table.backend == "reference"
+    assert table is reference_ops()
+    assert not any(table.implemented().values())
+    assert all(getattr(table, op) is ref for op, ref in REFERENCES.items())
+    opt = revgn.ExactGN(make_model(), backend="reference")
+    assert opt.ops.backend == "reference"
+
+
+def test_an_op_needs_the_table():
+    from revgn.ops import gram_solve
+    K = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(TypeError):
+        gram_solve(K, K, "cholesky")
+    with pytest.raises(AttributeError):
+        revgn.ops.gram  # noqa: B018 - the dispatching functions are gone: bind a table
+
+
+def test_an_unavailable_backend_fails_at_construction():
+    if _backend.available("cuda", torch.device("cpu")):
+        pytest.skip("cuda runs here")
+    with pytest.raises(RuntimeError, match="not available"):
+        revgn.ExactGN(make_model(), backend="cuda")
+
+
+def test_the_recording_catches_a_cross_term_on_the_wrong_backend(monkeypatch):
+    """The bug this table removes, planted back: the F -> G cross-term run on ``auto`` whatever
+    the optimizer's backend. The reference-only check must then fail."""
+    if _backend.resolve("auto", torch.device("cpu")) == "reference":
+        pytest.skip("auto is the reference here: the planted bug would be invisible")
+    import revgn.sweep as sweep
+    real = sweep._cross_term
+
+    def on_auto(block, Y1, realized_F, K, exact_F, tangent_mode, folds, ops, *rest):
+        return real(block, Y1, realized_F, K, exact_F, tangent_mode, folds,
+                    bind("auto", Y1.device), *rest)
+    monkeypatch.setattr(sweep, "_cross_term", on_auto)
+    with pytest.raises(AssertionError):
+        test_the_reference_backend_runs_only_references(dict(solver="cholesky", rtol=1e-1))
