@@ -13,6 +13,11 @@ from revgn import data
 
 # The shared MNIST test set sits beside the repository root (``../shared/data/mnist``).
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+# ... and the exact CIFAR-10 subset's archive (``../shared/data/cifar10``)
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+needs_cifar_subset = pytest.mark.skipif(
+    not (SHARED_CIFAR / "cifar-10-lossless-subset.tar.gz").is_file(),
+    reason="the exact CIFAR-10 subset is not beside this checkout")
 
 
 def write_idx(path, array, magic, compress=False, shape=None):
@@ -147,6 +152,10 @@ def test_real_mnist_test_set():
         test = (torch.cat([ds.x_train, ds.x_test]), torch.cat([ds.y_train, ds.y_test]))
     counts = torch.bincount(test[1], minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert ds.source["folder"] == str(folder.resolve())
+    assert ds.source["copy"] in ("original", "test-split")
+    assert "t10k-images-idx3-ubyte.gz" in ds.source["files"] or \
+        "t10k-images-idx3-ubyte" in ds.source["files"]
     pixels = test[0] * 0.3081 + 0.1307
     assert float(pixels.mean()) == pytest.approx(0.1325, abs=5e-4)
     assert float(pixels.std()) == pytest.approx(0.3105, abs=5e-4)
@@ -244,6 +253,174 @@ def test_cifar_truncated_batch(tmp_path):
         data.read_cifar_batch(tmp_path / "b")
 
 
+# -- CIFAR-10: binary layout and the exact subset ---------------------------------------------
+
+def write_cifar_binary(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    data_ = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    path.write_bytes(np.concatenate([labels[:, None], data_], axis=1).tobytes())
+    return data_, labels
+
+
+def test_cifar_binary_layout_reads_records_channel_major(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    written = [write_cifar_binary(folder / f"data_batch_{i}.bin", 3, seed=i) for i in range(1, 6)]
+    test_data, test_labels = write_cifar_binary(folder / "test_batch.bin", 4, seed=9)
+    ds = data.load_cifar10(tmp_path)
+    assert ds.x_train.shape == (15, 3072) and ds.x_test.shape == (4, 3072)
+    assert ds.y_train.tolist() == np.concatenate([l for _, l in written]).tolist()
+    assert ds.y_test.tolist() == test_labels.tolist() and ds.y_test.dtype == torch.int64
+    pixels = torch.tensor(test_data, dtype=torch.float32).reshape(4, 3, 1024) / 255
+    for c, (mean, std) in enumerate(zip(data.CIFAR_MEAN, data.CIFAR_STD)):
+        assert torch.allclose(ds.x_test[:, c * 1024:(c + 1) * 1024], (pixels[:, c] - mean) / std)
+    assert ds.source["layout"] == "binary layout" and ds.source["copy"] == "unverified"
+    assert ds.source["files"] == [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    assert ds.source["folder"] == str(folder.resolve())
+
+
+def test_cifar_binary_is_preferred_to_python_batches(tmp_path):
+    write_cifar_binary(tmp_path / "data_batch_1.bin", 2)
+    write_cifar_binary(tmp_path / "test_batch.bin", 2)
+    write_cifar_batch(tmp_path / "data_batch_1", 5)
+    write_cifar_batch(tmp_path / "test_batch", 5)
+    with pytest.warns(UserWarning, match="only 1 of the 5"):
+        ds = data.load_cifar10(tmp_path)
+    assert len(ds.x_train) == 2 and ds.source["layout"] == "binary layout"
+
+
+@pytest.mark.parametrize("cut,match", [(-5, "not a whole number of 3073-byte"),
+                                       (0, "empty")])
+def test_cifar_binary_truncated_or_empty(tmp_path, cut, match):
+    write_cifar_binary(tmp_path / "data_batch_1.bin", 3)
+    write_cifar_binary(tmp_path / "test_batch.bin", 2)
+    path = tmp_path / "data_batch_1.bin"
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(ValueError, match=match):
+        data.load_cifar10(tmp_path)
+
+
+def test_cifar_binary_bad_label_and_missing_test(tmp_path):
+    write_cifar_binary(tmp_path / "data_batch_1.bin", 3)
+    raw = bytearray((tmp_path / "data_batch_1.bin").read_bytes())
+    raw[3073] = 10  # the label byte of record 1
+    (tmp_path / "data_batch_1.bin").write_bytes(bytes(raw))
+    with pytest.raises(FileNotFoundError, match="no test_batch.bin"):
+        data.load_cifar10(tmp_path)
+    write_cifar_binary(tmp_path / "test_batch.bin", 2)
+    with pytest.raises(ValueError, match="record 1 has label 10"):
+        data.load_cifar10(tmp_path)
+
+
+@needs_cifar_subset
+def test_cifar_exact_subset_from_the_shared_archive():
+    ds = data.load_dataset("cifar10", data_dir=SHARED_CIFAR)
+    assert ds.x_train.shape == (4000, 3072) and ds.x_test.shape == (1000, 3072)
+    assert ds.source["copy"] == "exact-subset" and "exact subset" in ds.notes[0]
+    assert ds.source["files"] == [f"cifar-10-lossless-subset.tar.gz:lossless-subset/{n}"
+                                  for n in ("train_0000-3999.bin", "test_0000-0999.bin")]
+    # the original CIFAR-10: training image 0 is a frog (6) whose R plane starts 59 43 50 and
+    # whose B plane ends 140 84 72; test image 0 is a cat (3)
+    assert ds.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert ds.y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert torch.bincount(ds.y_train, minlength=10).tolist() == [
+        396, 366, 420, 384, 422, 393, 414, 385, 407, 413]
+    std, mean = torch.tensor(data.CIFAR_STD), torch.tensor(data.CIFAR_MEAN)
+    pixels = (ds.x_train.reshape(-1, 3, 1024) * std[:, None] + mean[:, None]) * 255
+    assert pixels[0, 0, :3].round().tolist() == [59, 43, 50]
+    assert pixels[0, 2, -3:].round().tolist() == [140, 84, 72]
+
+
+@pytest.fixture(scope="module")
+def subset_files(tmp_path_factory):
+    """The exact subset's two files, extracted to a temporary folder."""
+    if not (SHARED_CIFAR / "cifar-10-lossless-subset.tar.gz").is_file():
+        pytest.skip("the exact CIFAR-10 subset is not beside this checkout")
+    import tarfile
+    folder = tmp_path_factory.mktemp("cifar-subset")
+    with tarfile.open(SHARED_CIFAR / "cifar-10-lossless-subset.tar.gz") as tar:
+        for name in data.CIFAR_SUBSET_FILES:
+            (folder / name).write_bytes(tar.extractfile(f"lossless-subset/{name}").read())
+    return folder
+
+
+def test_cifar_subset_files_and_their_checks(subset_files, tmp_path):
+    ds = data.load_cifar10(subset_files)
+    assert ds.source["copy"] == "exact-subset" and len(ds.x_train) == 4000
+    assert ds.source["files"] == list(data.CIFAR_SUBSET_FILES)
+    inner = tmp_path / "lossless-subset"
+    inner.mkdir()
+    train, test = (subset_files / n for n in data.CIFAR_SUBSET_FILES)
+    (inner / test.name).write_bytes(test.read_bytes())
+    raw = bytearray(train.read_bytes())
+    raw[100] ^= 1  # one pixel of image 0 one level off
+    (inner / train.name).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum differs"):
+        data.load_cifar10(tmp_path)
+    (inner / train.name).write_bytes(bytes(raw[:3073 * 3999]))
+    with pytest.raises(ValueError, match="3999 records, the exact subset's file holds 4000"):
+        data.load_cifar10(tmp_path)
+
+
+def test_cifar_subset_archive_corrupt(tmp_path):
+    (tmp_path / "cifar-10-lossless-subset.tar.gz").write_bytes(b"\x1f\x8b\x08" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="unreadable archive"):
+        data.load_cifar10(tmp_path)
+    import io
+    import tarfile
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("lossless-subset/other.bin")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    (tmp_path / "cifar-10-lossless-subset.tar.gz").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="no member lossless-subset/train_0000-3999.bin"):
+        data.load_cifar10(tmp_path)
+
+
+def _full_set_from(subset_folder, out, change_pixel=False, python=False):
+    """A complete-layout folder whose first records are the exact subset's (the JPEG-derived
+    copy differs there: ``change_pixel`` emulates it); the batches hold 800 / 1000 records."""
+    train = np.frombuffer((subset_folder / data.CIFAR_SUBSET_FILES[0]).read_bytes(),
+                          np.uint8).reshape(-1, 3073).copy()
+    test = (subset_folder / data.CIFAR_SUBSET_FILES[1]).read_bytes()
+    if change_pixel:
+        train[2, 500] = (int(train[2, 500]) + 7) % 256
+    out.mkdir()
+    for i in range(5):
+        part = train[i * 800:(i + 1) * 800]
+        if python:
+            batch = {b"data": part[:, 1:].copy(), b"labels": part[:, 0].tolist()}
+            (out / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
+        else:
+            (out / f"data_batch_{i + 1}.bin").write_bytes(part.tobytes())
+    if python:
+        test_rec = np.frombuffer(test, np.uint8).reshape(-1, 3073)
+        (out / "test_batch").write_bytes(pickle.dumps(
+            {b"data": test_rec[:, 1:].copy(), b"labels": test_rec[:, 0].tolist()}))
+    else:
+        (out / "test_batch.bin").write_bytes(test)
+
+
+@pytest.mark.parametrize("python", [False, True])
+def test_cifar_full_layout_is_checked_against_the_original_bytes(subset_files, tmp_path,
+                                                                  recwarn, python):
+    _full_set_from(subset_files, tmp_path / "exact", python=python)
+    ds = data.load_cifar10(tmp_path / "exact")
+    assert not [w for w in recwarn if "JPEG" in str(w.message)]
+    assert ds.source["copy"] == "original" and "original bytes" in ds.source["description"]
+    assert ds.source["layout"] == ("python batches" if python else "binary layout")
+    subset = data.load_cifar10(subset_files)
+    assert torch.equal(ds.x_train, subset.x_train) and torch.equal(ds.y_test, subset.y_test)
+    _full_set_from(subset_files, tmp_path / "jpeg", change_pixel=True, python=python)
+    with pytest.warns(UserWarning, match=r"CIFAR-10 \(JPEG-derived copy\)"):
+        lossy = data.load_cifar10(tmp_path / "jpeg")
+    assert lossy.source["copy"] == "jpeg-derived" and "lossy" in lossy.source["description"]
+    assert any("JPEG-derived" in note for note in lossy.notes)
+    assert lossy.subset(10).source == lossy.source
+
+
 # -- digits, teacher, batches, load_dataset ----------------------------------------------------
 
 def test_digits_split_and_normalization():
@@ -291,8 +468,18 @@ def test_batches_cover_every_example_and_are_seeded():
         next(data.batches(x, y, 0))
 
 
-def test_load_dataset_errors():
+def test_load_dataset_errors(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         data.load_dataset("imagenet")
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
+    monkeypatch.delenv("REVGN_CIFAR10_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="--data-dir.*REVGN_CIFAR10_DIR"):
         data.load_dataset("cifar10")
+    monkeypatch.setenv("REVGN_CIFAR10_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="data_batch_1..5.bin.*python batches.*exact subset"):
+        data.load_dataset("cifar10")
+
+
+def test_sources_of_the_bundled_and_generated_sets():
+    assert data.load_dataset("digits").source["copy"] == "bundled"
+    small = data.teacher_student(n_train=5, n_test=3)
+    assert small.source["copy"] == "generated" and small.subset(2).source == small.source
