@@ -23,7 +23,8 @@ def _check(out, optimizers):
         assert epochs == sorted(epochs) and epochs[0] == 0
         for row in run["history"]:
             assert ROW_KEYS <= set(row)
-            assert row["train_loss"] >= 0 and row["test_loss"] >= 0
+            assert row["train_loss"] >= 0
+            assert row["test_loss"] is None or row["test_loss"] >= 0
     assert result["figures"]
     for fig in result["figures"]:
         assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -140,3 +141,87 @@ def test_progress_bar_only_on_terminals():
     bar.close()
     assert "exp [###############---------------] 2/4" in stream.getvalue()
     assert stream.getvalue().endswith("\n")
+
+
+def test_config_records_the_data_model_sizes_and_every_rate(tmp_path):
+    assert main(["minibatch", "--quick", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    cfg = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert cfg["dataset"] == "digits" and cfg["train_size"] == 512 and cfg["test_size"] == 256
+    assert cfg["data"]["copy"] == "bundled" and cfg["data"]["description"]
+    assert cfg["model"] == dict(arch="RevMLP", in_features=64, outputs=10, first_block="linear",
+                                depth=2, bottleneck=128, init_std=1e-3)
+    assert cfg["batch_size"] == 128 and cfg["epochs"] == 1 and cfg["seeds"] == [0]
+    assert cfg["learning_rates"] == {"gn": [0.1], "adam": [1e-3], "sgd": [0.1]}
+    assert "full_batch" not in cfg and "steps" not in cfg
+
+
+def test_adam_sweep_and_evaluation_interval_full_batch(tmp_path, capsys):
+    args = ["fullbatch", "--quick", "--epochs", "3", "--eval-every", "2",
+            "--adam-lrs", "1e-3", "1e-2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = _check(tmp_path, ["gn", "adam", "sgd"])
+    cfg = result["config"]
+    assert cfg["full_batch"] and cfg["batch_size"] == cfg["train_size"] == 512
+    assert cfg["steps"] == cfg["epochs"] == 3 and cfg["eval_every"] == 2
+    assert cfg["learning_rates"] == {"gn": [0.5], "adam": [1e-3, 1e-2], "sgd": [0.1]}
+    assert any("Adam learning-rate sweep: 0.001, 0.01" in n for n in cfg["notes"])
+    assert any("evaluated every 2 epochs" in n for n in cfg["notes"])
+    labels = [r["label"] for r in result["runs"]]
+    assert labels == ["gn", "adam lr=0.001", "adam lr=0.01", "sgd"]
+    assert [r["lr"] for r in result["runs"] if r["optimizer"] == "adam"] == [1e-3, 1e-2]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "adam_lr=0.001-seed0.json", "adam_lr=0.01-seed0.json", "gn-seed0.json", "sgd-seed0.json"]
+    assert "adam lr=0.01" in capsys.readouterr().out
+    for run in result["runs"]:
+        rows = run["history"]
+        assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+        assert rows[1]["test_loss"] is None and rows[1]["train_acc"] is None
+        assert all(rows[e]["test_loss"] is not None for e in (0, 2, 3))
+        # full batch: every step's training loss is known (the loss before the next step)
+        assert all(r["train_loss"] is not None for r in rows)
+    # the losses filled in from the step are those a full evaluation gives
+    full = tmp_path / "every"
+    assert main(args[:4] + args[6:-1] + [str(full)]) == 0
+    again = json.loads((full / "results.json").read_text())
+    for a, b in zip(result["runs"], again["runs"]):
+        assert [r["train_loss"] for r in a["history"]] == pytest.approx(
+            [r["train_loss"] for r in b["history"]], rel=1e-5)
+        assert b["history"][1]["test_loss"] is not None
+
+
+def test_sweep_labels_with_other_experiments_and_the_resume_keys():
+    cfg = _config("init-std", "--adam-lrs", "1e-4", "1e-3")
+    specs, _ = EXPERIMENTS["init-std"](cfg)
+    assert len({s.key for s in specs}) == len(specs)
+    assert "adam lr=0.0001 std=0.01" in {s.label for s in specs}
+    switch = _config("switch", "--adam-lrs", "3e-4", "1e-3")
+    assert {s.lr for s in EXPERIMENTS["switch"](switch)[0] if s.optimizer == "adam"} == {3e-4}
+    # without the sweep or an interval, a run's stored settings are what they were before both
+    # options existed, so older output folders still resume
+    spec = EXPERIMENTS["minibatch"](_config("minibatch"))[0][0]
+    assert "eval_every" not in spec.as_dict() and spec.label is None
+    from revgn._cli import UsageError
+    with pytest.raises(UsageError, match="exclude each other"):
+        _config("minibatch", "--adam-lr", "1e-3", "--adam-lrs", "1e-4")
+    with pytest.raises(UsageError, match="repeats"):
+        _config("minibatch", "--adam-lrs", "1e-4", "1e-4")
+
+
+def test_paper_settings():
+    cfg = _config("fullbatch", "--paper", "--dataset", "mnist")
+    assert cfg["model"] == dict(depth=2, bottleneck=8000, init_std=1e-3)
+    assert cfg["batch_size"] == 1024 and cfg["epochs"] == 100 and cfg["seeds"] == [42, 43, 44]
+    assert cfg["adam_lrs"] == [1e-4] and cfg["sgd_lr"] == 0.1 and cfg["eval_every"] == 1
+    specs, extra = EXPERIMENTS["fullbatch"](cfg)
+    gn = [s for s in specs if s.optimizer == "gn"]
+    assert {s.lr for s in gn} == {0.5} and all(s.batch_size is None for s in specs)
+    assert extra["full_batch_examples"] == 1024
+    mini = EXPERIMENTS["minibatch"](_config("minibatch", "--paper", "--dataset", "cifar10"))[0]
+    assert {(s.optimizer, s.lr) for s in mini} == {("gn", 0.1), ("adam", 1e-4), ("sgd", 0.01)}
+    assert {s.model["depth"] for s in mini} == {6} and {s.batch_size for s in mini} == {1024}
+    from revgn.experiments.training import make_optimizer, build_model
+    from revgn.data import load_dataset
+    data = load_dataset("digits").subset(64, 32)
+    opt = make_optimizer("gn", build_model(dict(depth=2, bottleneck=16), data), 0.5,
+                         "cross_entropy", {})
+    assert opt.step_scaling == "per_block" and opt.solver_config.rtol == 1e-2

@@ -42,7 +42,49 @@ def prepare_data(cfg):
 
 
 def _data_settings(cfg, data):
-    return dict(dataset=cfg["dataset"], n_train=len(data.x_train), n_test=len(data.x_test))
+    return dict(dataset=cfg["dataset"], n_train=len(data.x_train), n_test=len(data.x_test),
+                data_copy=data.source.get("copy"))
+
+
+def _learning_rates(specs) -> dict:
+    """Every learning rate the runs use, per optimizer (switch targets included)."""
+    rates = {}
+    for spec in specs:
+        for s in (spec, spec.then):
+            if s is not None:
+                rates.setdefault(s.optimizer, set()).add(s.lr)
+    return {name: sorted(lrs) for name, lrs in rates.items()}
+
+
+def record_setup(cfg, data, specs=None) -> None:
+    """Write into ``cfg`` what the results must state: the data read (``dataset``,
+    ``train_size``, ``test_size``, ``data``: which copy, folder and files), the ``model``, the
+    ``batch_size`` (the training set for full batch), ``epochs`` (``steps`` too for full batch),
+    ``seeds`` and ``learning_rates`` (every rate, per optimizer)."""
+    cfg["train_size"], cfg["test_size"] = len(data.x_train), len(data.x_test)
+    cfg["data"] = data.source
+    if specs is None:
+        return
+    cfg["learning_rates"] = _learning_rates(specs)
+    if cfg["experiment"] != "egn":
+        cfg["model"] = dict(arch="RevMLP", in_features=data.in_features,
+                            outputs=data.num_classes or data.y_train.shape[1],
+                            first_block="linear", **cfg["model"])
+    if all(s.batch_size is None for s in specs):
+        cfg["full_batch"] = True
+        cfg["batch_size"] = len(data.x_train)
+        cfg["steps"] = cfg["epochs"]
+        cfg["notes"].append(f"full batch: one step per epoch, so epochs = steps = "
+                            f"{cfg['epochs']}")
+    if cfg.get("eval_every", 1) > 1:
+        cfg["notes"].append(
+            f"the training and test sets are evaluated every {cfg['eval_every']} epochs and at the "
+            "last (losses and accuracies are null in between" + (
+                "; the training loss of every step is the loss before the next full-batch step)"
+                if cfg.get("full_batch") else ")"))
+    if len(cfg.get("adam_lrs", [])) > 1:
+        cfg["notes"].append("Adam learning-rate sweep: " + ", ".join(
+            f"{lr:g}" for lr in cfg["adam_lrs"]))
 
 
 def revmlp_jobs(cfg, data):
@@ -51,6 +93,7 @@ def revmlp_jobs(cfg, data):
     jobs = [Job(s.key, dict(spec=s.as_dict(), **context),
                 lambda progress, s=s: run(s, data, cfg["device"], progress), work=s.epochs)
             for s in specs]
+    record_setup(cfg, data, specs)
     return jobs, extra
 
 
@@ -63,6 +106,9 @@ def arbel_jobs(cfg, data):
             progress.update(1, key)
             return out
         return Job(key, dict(settings, **context), fn)
+    record_setup(cfg, data)
+    cfg["learning_rates"] = dict(gn=list(cfg["gn_lrs"]),
+                                 gd="the largest stable step, measured at init per run")
     return [job(key, settings) for key, settings in arbel.jobs(cfg)], {}
 
 

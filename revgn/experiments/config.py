@@ -45,6 +45,14 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="GN learning rate (default: the experiment's, per_block scaling)")
     p.add_argument("--adam-lr", type=positive_float, default=None,
                    help="default: 1e-3 (--paper: 1e-4, 1e-5 for CIFAR-10 full batch)")
+    p.add_argument("--adam-lrs", type=positive_float, nargs="+", default=None, metavar="LR",
+                   help="an Adam learning-rate sweep: one Adam run per rate and seed, labelled "
+                        "'adam lr=LR' (replaces --adam-lr; the first rate is the one the switch "
+                        "experiment uses)")
+    p.add_argument("--eval-every", type=positive_int, default=None, metavar="K",
+                   help="evaluate the training and test sets every K epochs (full batch: "
+                        "steps) and at the last (default: 1); full-batch runs still record the "
+                        "training loss of every step (the loss before the next step)")
     p.add_argument("--sgd-lr", type=positive_float, default=None,
                    help="default: 0.1 (0.01 for cifar10)")
     p.add_argument("--width", type=positive_int, default=None,
@@ -84,6 +92,13 @@ def revmlp_config(args, dataset) -> dict:
     size = QUICK if args.quick else PAPER if args.paper else CPU
     cifar = dataset == "cifar10"
     adam_lr = 1e-5 if args.paper and cifar and args.name == "fullbatch" else size["adam_lr"]
+    adam_lrs = list(args.adam_lrs) if args.adam_lrs else [_pick(args.adam_lr, adam_lr)]
+    if args.adam_lrs and args.adam_lr is not None:
+        from revgn._cli import UsageError
+        raise UsageError("--adam-lr and --adam-lrs exclude each other")
+    if len(set(adam_lrs)) != len(adam_lrs):
+        from revgn._cli import UsageError
+        raise UsageError(f"--adam-lrs repeats a rate: {adam_lrs}")
     notes = []
     if not args.paper:
         notes.append(f"sized for a CPU: bottleneck {size['bottleneck']}, batch "
@@ -98,7 +113,9 @@ def revmlp_config(args, dataset) -> dict:
         model=dict(depth=_pick(args.depth, 6 if cifar else 2),
                    bottleneck=_pick(args.bottleneck, size["bottleneck"]), init_std=1e-3),
         gn_lr=args.gn_lr,
-        adam_lr=_pick(args.adam_lr, adam_lr),
+        adam_lr=adam_lrs[0],
+        adam_lrs=adam_lrs,
+        eval_every=_pick(args.eval_every, 1),
         sgd_lr=_pick(args.sgd_lr, 0.01 if cifar else 0.1),
         notes=notes,
     )

@@ -47,7 +47,7 @@ def curves(result, path) -> bool:
     plt = _plt()
     runs = result["runs"]
     keys = ["train_loss", "test_loss"]
-    if all(row.get("test_acc") is not None for r in runs for row in r["history"]):
+    if any(row.get("test_acc") is not None for r in runs for row in r["history"]):
         keys.append("test_acc")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
     for ax, key in zip(axes[0], keys):

@@ -15,9 +15,21 @@ GN_LR_FULL_BATCH, GN_LR_MINI_BATCH = 0.5, 0.1
 
 
 def _runs(cfg, optimizer, lr, **kw):
-    """One run per seed with the config's epochs, batch size and model."""
+    """One run per seed with the config's epochs, batch size, model and test interval."""
     return [RunSpec(optimizer, lr, seed=s, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                    model=dict(cfg["model"]), **kw) for s in cfg["seeds"]]
+                    model=dict(cfg["model"]), eval_every=cfg.get("eval_every", 1), **kw)
+            for s in cfg["seeds"]]
+
+
+def _adam_runs(cfg, **kw):
+    """Adam at the config's rate, or one group per rate of an ``--adam-lrs`` sweep (labelled
+    ``adam lr=LR``)."""
+    lrs = cfg.get("adam_lrs") or [cfg["adam_lr"]]
+    if len(lrs) == 1:
+        return _runs(cfg, "adam", lrs[0], **kw)
+    label = kw.pop("label", "adam")
+    return [spec for lr in lrs for spec in _runs(cfg, "adam", lr, label=f"{label} lr={lr:g}",
+                                                  **kw)]
 
 
 def _gn_lr(cfg, default):
@@ -25,7 +37,7 @@ def _gn_lr(cfg, default):
 
 
 def _gn_adam(cfg, gn_lr, **kw):
-    return _runs(cfg, "gn", _gn_lr(cfg, gn_lr), **kw) + _runs(cfg, "adam", cfg["adam_lr"], **kw)
+    return _runs(cfg, "gn", _gn_lr(cfg, gn_lr), **kw) + _adam_runs(cfg, **kw)
 
 
 def _gn_adam_sgd(cfg, gn_lr, **kw):
@@ -81,7 +93,7 @@ def init_std(cfg):
     runs = []
     for std in (1e-2, 1e-3, 1e-6):
         model = dict(cfg["model"], init_std=std)
-        runs += [replace(s, model=model, label=f"{s.optimizer} std={std:g}")
+        runs += [replace(s, model=model, label=f"{s.label or s.optimizer} std={std:g}")
                  for s in _gn_adam(cfg, GN_LR_MINI_BATCH)]
     return runs, dict(init_stds=[1e-2, 1e-3, 1e-6])
 
@@ -123,7 +135,7 @@ def egn(cfg):
     """EGN (any module) vs Adam vs SGD on the same tanh MLP."""
     cfg = dict(cfg, model=dict(arch="mlp", width=256))
     return (_runs(cfg, "egn", 1.0, options=dict(damping=1.0))
-            + _runs(cfg, "adam", cfg["adam_lr"]) + _runs(cfg, "sgd", cfg["sgd_lr"])), \
+            + _adam_runs(cfg) + _runs(cfg, "sgd", cfg["sgd_lr"])), \
         dict(model="MLP in-256-out, tanh")
 
 

@@ -39,6 +39,7 @@ class RunSpec:
     then: "RunSpec | None" = None
     switch_epoch: int | None = None
     track: tuple = ()                          # any of TRACKS
+    eval_every: int = 1                        # evaluate every k epochs (and the last)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -53,7 +54,11 @@ class RunSpec:
         return re.sub(r"[^\w.=+-]", "_", f"{self.label or self.optimizer}-seed{self.seed}")
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for spec in (out, out["then"] or {}):  # the default stays out: older checkpoints match
+            if spec.get("eval_every") == 1:
+                del spec["eval_every"]
+        return out
 
 
 def build_model(config: dict, data: Dataset):
@@ -126,6 +131,11 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
     tracked ``ntk_similarity`` (to init), ``ntk_velocity`` (kernel distance to the previous row
     per epoch), ``cka`` (per block, to init), ``weight_cosine`` (per coupling, block, all);
     GN rows add ``exact_fraction`` (share of that epoch's steps every coupling solved exactly).
+
+    With ``eval_every=k`` the training and test sets are evaluated every ``k`` epochs and at the
+    last; in between the losses and accuracies are None, except that a full-batch run fills
+    ``train_loss`` from the next step (the loss before a full-batch step is the training loss
+    where the previous row left off), so its training loss is known at every step.
     """
     loss = "cross_entropy" if data.num_classes else "mse"
     torch.manual_seed(spec.seed)
@@ -140,9 +150,13 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
     gen = torch.Generator().manual_seed(spec.seed)
     history, batch_changes, elapsed = [], [], 0.0
 
+    full_batch = spec.batch_size is None
+
     def record(epoch, exact_steps):
-        tr_loss, tr_acc = evaluate(model, xtr, ytr, loss)
-        te_loss, te_acc = evaluate(model, xte, yte, loss)
+        tr_loss = tr_acc = te_loss = te_acc = None
+        if epoch % spec.eval_every == 0 or epoch == spec.epochs:
+            tr_loss, tr_acc = evaluate(model, xtr, ytr, loss)
+            te_loss, te_acc = evaluate(model, xte, yte, loss)
         row = dict(epoch=epoch, train_loss=tr_loss, train_acc=tr_acc, test_loss=te_loss,
                    test_acc=te_acc, seconds=elapsed, optimizer=current.optimizer)
         if kernels is not None:
@@ -174,6 +188,9 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
             for xb, yb in batches(xtr, ytr, spec.batch_size or len(xtr), gen,
                                   shuffle=spec.batch_size is not None):
                 before, exact = take_step(current.optimizer, opt, model, xb, yb, loss)
+                if full_batch and history[-1]["train_loss"] is None:
+                    # the loss before a full-batch step is the training loss of the row before
+                    history[-1]["train_loss"] = before
                 if exact is not None:
                     exact_steps.append(exact)
                 if "batch_change" in spec.track:
@@ -184,7 +201,7 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
             record(epoch, exact_steps)
             if progress is not None:
                 progress.update(1, f"{spec.key} epoch {epoch} train "
-                                   f"{history[-1]['train_loss']:.3g}")
+                                   f"{history[-1]['train_loss'] or float('nan'):.3g}")
     out = dict(optimizer=spec.optimizer, seed=spec.seed, label=spec.label or spec.optimizer,
                lr=spec.lr, history=history)
     if batch_changes:
