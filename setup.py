@@ -57,6 +57,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
+    # the build record setup.py writes beside the package (what was compiled, for which arch)
+    package_data={"revgn": ["_build_info.json"]},
     # The Triton kernels live in the top-level kernels/ folder but install as revgn.kernels, so
     # that `import kernels` stays free for the unrelated package of that name.
     package_dir={"revgn.kernels": "kernels"},

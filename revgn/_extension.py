@@ -40,11 +40,17 @@ def _package_root() -> str:
 
 
 def _aot_record() -> dict:
+    """The record setup.py wrote beside the package (installed as package data), with what the
+    dispatcher says the loaded module registered; without the record, the dispatcher alone."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+    record = {"built": True, "mode": "aot"}
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
-    return {"built": True, "mode": "aot", "cpu": True, "cuda": False}
+            record.update(json.load(f))
+    else:
+        record["note"] = "no _build_info.json beside the package: kernels read off the dispatcher"
+    record["cpu"], record["cuda"] = registered("cpu"), registered("cuda")
+    return record
 
 
 def _jit_build() -> dict:
@@ -228,12 +234,24 @@ def _load_once() -> dict:
     return record
 
 
+def registered(device_type: str) -> bool:
+    """Whether the loaded extension registered its ops for ``device_type`` ("cpu" or
+    "cuda"): asked of the dispatcher itself, so an install that lost its build record still
+    tells the truth."""
+    import torch
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key("revgn::gram", key))
+    except RuntimeError:  # the op was never defined: nothing was loaded
+        return False
+
+
 def has_kernels(device_type: str) -> bool:
     try:
-        record = load()
+        load()
     except RuntimeError:
         return False
-    return device_type == "cpu" or (device_type == "cuda" and bool(record.get("cuda")))
+    return registered(device_type)
 
 
 def build_info() -> dict:
