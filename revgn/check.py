@@ -22,7 +22,9 @@ from typing import Callable
 
 import torch
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "gelu", "silu"]
+from revgn.activations import ACTIVATIONS as _ACTIVATIONS
+
+ACTIVATIONS = list(_ACTIVATIONS)  # every activation revgn knows (revgn.activations)
 # (n, h, M): one element, tails, several tiles, non-powers of two
 COUPLING_SHAPES = [(1, 3, 7), (5, 17, 40), (33, 3, 130)]
 CHOLESKY_SHAPES = [(1, 1, 1), (7, 10, 3), (3, 64, 5), (2, 70, 4)]  # (B, n, k)

@@ -29,7 +29,7 @@ from revgn.kernels import _common  # noqa: E402  (the package load_kernels just 
 from revgn.kernels.gram import _lower_tile_pair  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "gelu", "silu"]
+ACTIVATIONS = list(revgn.activations.ACTIVATIONS)
 # (n, h, M): n in {1, 5, 33}, h in {3, 17}, M in {7, 40}: one tile, tails, several tiles.
 COUPLING_SHAPES = [(1, 3, 7), (5, 17, 40), (33, 3, 40), (33, 17, 7)]
 # C present or not (no inverted bottleneck), b present or not

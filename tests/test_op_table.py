@@ -134,3 +134,32 @@ def test_the_recording_catches_a_cross_term_on_the_wrong_backend(monkeypatch):
     monkeypatch.setattr(sweep, "_cross_term", on_auto)
     with pytest.raises(AssertionError):
         test_the_reference_backend_runs_only_references(dict(solver="cholesky", rtol=1e-1))
+
+
+def test_one_table_of_activations_in_every_layer():
+    """Python (``revgn.activations``) names every activation; the Triton kernels and the C++
+    extension know exactly those (the C++ leaky slope checked by value), and reject others."""
+    import re
+    from pathlib import Path
+
+    from revgn.activations import ACTIVATIONS, LEAKY_RELU_SLOPE
+    from revgn.ops import coupling_tangent_ref
+    names = set(ACTIVATIONS)
+    header = (Path(revgn.__file__).resolve().parents[1] / "csrc" / "activation.h").read_text()
+    slope = float(re.search(r"kLeakySlope\s*=\s*([0-9.eE+-]+)", header).group(1))
+    assert slope == LEAKY_RELU_SLOPE
+    if _backend.triton_available():
+        assert set(revgn.load_kernels()._common.ACTIVATION_CODES) == names
+    if not _backend.available("cpp", torch.device("cpu")):
+        pytest.skip("the extension is not built here")
+    cpp = bind("cpp", "cpu")
+    g = torch.Generator().manual_seed(0)
+    pre, du = torch.randn(4, 6, dtype=torch.float64, generator=g), torch.randn(
+        4, 3, dtype=torch.float64, generator=g)
+    C, W = torch.randn(3, 6, dtype=torch.float64, generator=g), torch.randn(
+        5, 6, dtype=torch.float64, generator=g)
+    for name in names:
+        assert torch.allclose(cpp.coupling_tangent(pre, du, C, W, name),
+                              coupling_tangent_ref(pre, du, C, W, name), rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError):
+        cpp.coupling_tangent(pre, du, C, W, "softplus")

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../limits.h"
 #include "../ops_common.h"
 
 namespace revgn {
@@ -212,9 +213,8 @@ void jt_update_cpu(at::Tensor W, const std::optional<at::Tensor>& b, const at::T
   if (b.has_value()) b->add_(Z.sum(0), alpha);
 }
 
-// Small systems: one Cholesky + two triangular solves per system, systems in parallel.
-// Larger ones go to LAPACK through ATen.
-constexpr int64_t kSmallCholesky = 64;
+// Small systems (order up to kSmallCholeskyMax): one Cholesky + two triangular solves per
+// system, systems in parallel. Larger ones go to LAPACK through ATen.
 
 template <typename T>
 int32_t cholesky_solve_one(T* L, T* Z, int64_t n, int64_t k) {
@@ -252,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cholesky_factor_solve_cpu(const a
   check_square_batch(K, R);
   const int64_t B = K.size(0), n = K.size(1), k = R.size(2);
   at::Tensor Kd = damping != 0.0 ? K + damping * at::eye(n, K.options()) : K;
-  if (n > kSmallCholesky) {
+  if (n > kSmallCholeskyMax) {
     auto [L, info] = at::linalg_cholesky_ex(Kd);
     return {L, at::cholesky_solve(R, L), info.to(at::kInt)};
   }

@@ -10,7 +10,7 @@ constexpr int kThreads = 128;
 
 template <typename T>
 __global__ void small_cholesky_kernel(CholeskyParams<T> p) {
-  __shared__ T L[kMaxSmallCholesky * kMaxSmallCholesky];
+  __shared__ T L[kSmallCholeskyMax * kSmallCholeskyMax];
   __shared__ int failed_at;
   const int n = p.n;
   const int64_t sys = blockIdx.x;
@@ -67,7 +67,7 @@ __global__ void small_cholesky_kernel(CholeskyParams<T> p) {
 
 template <typename T>
 cudaError_t launch_small_cholesky(const CholeskyParams<T>& p, cudaStream_t stream) {
-  if (p.n > kMaxSmallCholesky || p.n < 1) return cudaErrorInvalidValue;
+  if (p.n > kSmallCholeskyMax || p.n < 1) return cudaErrorInvalidValue;
   if (p.batch == 0) return cudaSuccess;
   small_cholesky_kernel<T><<<static_cast<unsigned>(p.batch), kThreads, 0, stream>>>(p);
   return cudaGetLastError();

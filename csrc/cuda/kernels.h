@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../activation.h"
+#include "../limits.h"
 
 namespace revgn {
 
@@ -45,8 +46,6 @@ struct CholeskyParams {
   int n;
   int k;
 };
-
-constexpr int kMaxSmallCholesky = 64;
 
 template <typename T>
 cudaError_t launch_activation(const ActivationParams<T>& p, cudaStream_t stream);

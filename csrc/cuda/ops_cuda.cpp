@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cholesky_factor_solve_cuda(const 
   c10::cuda::CUDAGuard guard(K.device());
   const int64_t n = K.size(1);
   at::Tensor L = (damping != 0.0 ? K + damping * at::eye(n, K.options()) : K).contiguous().clone();
-  if (n > kMaxSmallCholesky) {  // the vendor library (cuSOLVER) for large systems
+  if (n > kSmallCholeskyMax) {  // the vendor library (cuSOLVER) for large systems
     auto [factor, info] = at::linalg_cholesky_ex(L);
     return {factor, at::cholesky_solve(R, factor), info.to(at::kInt)};
   }
