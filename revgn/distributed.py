@@ -426,8 +426,3 @@ def init_process_group(backend: str | None = None, timeout_s: float = 120.0):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return backend
-
-
-if __name__ == "__main__":
-    from revgn.distributed_check import main
-    raise SystemExit(main())

@@ -181,7 +181,7 @@ def run_local(world: int, fn, *args, timeout_s: float = 60.0):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m revgn.distributed",
+        prog="torchrun --nproc_per_node=N -m revgn.distributed_check",
         description="Train a seeded RevMLP tensor-parallel over the bottleneck for a few GN "
                     "steps; print the loss per step and, with --check, the gap to one process.")
     defaults = ParityCase()
