@@ -36,3 +36,18 @@ def labels(n, k, generator=None):
     y = torch.randint(0, k, (n,), generator=generator)
     y[:k] = torch.arange(min(k, n))  # every class present
     return y
+
+
+def plant_gram_error(table_module, factor=1 + 1e-3):
+    """Make the op tables bound from now on return ``factor`` times the compiled ``gram``: the
+    kernel mismatch ``revgn check`` must report. Returns the original resolver, to restore."""
+    real = table_module.implementation
+
+    def off(op_name, reference, name, device):
+        fn = real(op_name, reference, name, device)
+        if op_name != "gram" or fn is reference:
+            return fn
+        return lambda A, bias: fn(A, bias) * factor
+    table_module.implementation = off
+    table_module._bind_resolved.cache_clear()  # tables bound before hold the real kernel
+    return real

@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from revgn.cli import main
+from tests.helpers import plant_gram_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,16 +113,12 @@ def test_a_kernel_mismatch_exits_1(tmp_path):
     from revgn import backend
     if not backend.available("cpp", "cpu"):
         pytest.skip("the revgn extension is not built here")
-    code = textwrap.dedent("""
+    code = textwrap.dedent(f"""
         import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from revgn.ops import table
-        real = table.implementation
-        def off(op_name, reference, name, device):
-            fn = real(op_name, reference, name, device)
-            if op_name != "gram" or fn is reference:
-                return fn
-            return lambda A, bias: fn(A, bias) * (1 + 1e-3)
-        table.implementation = off
+        from tests.helpers import plant_gram_error
+        plant_gram_error(table)
         from revgn.cli import main
         sys.exit(main(["check", "--backend", "cpp"]))
     """)
@@ -210,18 +208,11 @@ def test_check_fails_on_a_wrong_kernel(monkeypatch):
     if not backend.available("cpp", "cpu"):
         import pytest
         pytest.skip("the revgn extension is not built here")
-    real = table.implementation
-
-    def off_by_a_little(op_name, reference, name, device):
-        fn = real(op_name, reference, name, device)
-        if op_name != "gram" or fn is reference:
-            return fn
-        return lambda A, bias: fn(A, bias) * (1 + 1e-3)
-    monkeypatch.setattr(table, "implementation", off_by_a_little)
-    table._bind_resolved.cache_clear()  # tables bound before the patch hold the real kernel
+    real = plant_gram_error(table)
     try:
         rows = check.check("cpu", ["cpp"])
     finally:
+        table.implementation = real
         table._bind_resolved.cache_clear()
     failed = {(r["op"], r["dtype"]) for r in rows if not r["ok"]}
     # the whole step goes through the Gram too, so it fails with it
