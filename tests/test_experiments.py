@@ -158,7 +158,7 @@ def test_config_records_the_data_model_sizes_and_every_rate(tmp_path):
 def test_adam_sweep_and_evaluation_interval_full_batch(tmp_path, capsys):
     args = ["fullbatch", "--quick", "--epochs", "3", "--eval-every", "2",
             "--adam-lrs", "1e-3", "1e-2", "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main(args[:-2] + ["--note", "made on a test machine"] + args[-2:]) == 0
     result = _check(tmp_path, ["gn", "adam", "sgd"])
     cfg = result["config"]
     assert cfg["full_batch"] and cfg["batch_size"] == cfg["train_size"] == 512
@@ -166,6 +166,7 @@ def test_adam_sweep_and_evaluation_interval_full_batch(tmp_path, capsys):
     assert cfg["learning_rates"] == {"gn": [0.5], "adam": [1e-3, 1e-2], "sgd": [0.1]}
     assert any("Adam learning-rate sweep: 0.001, 0.01" in n for n in cfg["notes"])
     assert any("evaluated every 2 epochs" in n for n in cfg["notes"])
+    assert cfg["notes"][-1] == "made on a test machine"
     labels = [r["label"] for r in result["runs"]]
     assert labels == ["gn", "adam lr=0.001", "adam lr=0.01", "sgd"]
     assert [r["lr"] for r in result["runs"] if r["optimizer"] == "adam"] == [1e-3, 1e-2]

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             raise data_error(exc, cfg["dataset"]) from None
         jobs, extra = revmlp_jobs(cfg, data)
     os.makedirs(args.out, exist_ok=True)
-    cfg["notes"] += data.notes
+    cfg["notes"] += data.notes + args.note
     progress = Progress(sum(j.work for j in jobs), cfg["experiment"])
     runs = run_jobs(jobs, args.out, progress)
     progress.close()

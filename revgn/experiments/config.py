@@ -53,6 +53,10 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="evaluate the training and test sets every K epochs (full batch: "
                         "steps) and at the last (default: 1); full-batch runs still record the "
                         "training loss of every step (the loss before the next step)")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="a line added to config['notes'] in results.json (repeatable): how and "
+                        "where the run was made; it does not change the runs, so a folder "
+                        "resumes with or without it")
     p.add_argument("--sgd-lr", type=positive_float, default=None,
                    help="default: 0.1 (0.01 for cifar10)")
     p.add_argument("--width", type=positive_int, default=None,

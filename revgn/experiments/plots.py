@@ -53,7 +53,7 @@ def curves(result, path) -> bool:
     for ax, key in zip(axes[0], keys):
         for label, group in grouped(runs).items():
             _band(ax, group, lambda row, key=key: row.get(key), label, log="loss" in key)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step" if result["config"].get("full_batch") else "epoch")
         ax.set_title(key.replace("_", " "))
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{result['experiment']} ({result['config']['dataset']})", fontsize=10)
