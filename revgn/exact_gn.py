@@ -203,7 +203,7 @@ class ExactGN(torch.optim.Optimizer):
 
         try:
             result = self._run(x, y, apply, commit=True)
-        except NonFiniteStepError:
+        except Exception:  # a non-finite update, or any error after some blocks were updated
             self._undo(applied)
             raise
         if not result.applied:

@@ -31,8 +31,10 @@ LINEAR_SOLVERS = ("cholesky", "eigh", "projector")
 def bottleneck_gram(C: torch.Tensor, bias: bool, cache: dict) -> torch.Tensor:
     """``G = diag(C C^T, 1)`` (or ``C C^T`` without bias) in float64, computed once per ``C``.
 
-    ``cache`` is the optimizer's memo; an entry is reused only while ``C`` is the same storage
-    at the same version, dtype and device (a ``load_state_dict`` or ``.to()`` rebuilds it).
+    ``cache`` is the optimizer's memo, an entry per ``C`` tensor; it is reused only while ``C`` is
+    the same storage at the same version, dtype and device (a ``load_state_dict`` or ``.to()``
+    rebuilds it). ``C`` is a fixed buffer: a write that bypasses its version counter
+    (``C.data.copy_``) is not seen.
     """
     key = ("bottleneck_gram", id(C), bias)
     stamp = (C.data_ptr(), C._version, C.dtype, C.device)

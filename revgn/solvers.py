@@ -243,6 +243,13 @@ def _floor_set_the_cut(K64, cfg: SolverConfig, rtol: float) -> bool:
     return rtol * float(largest_eigenvalue(K64).max().clamp_min(0)) ** 0.5 > cfg.atol
 
 
+def _truncated_last_step(cfg: SolverConfig, key, n: int) -> bool:
+    """Whether this coupling's last solve, on a batch of the same size, kept fewer than ``n``
+    directions (a short last batch of an epoch says nothing about the next full one)."""
+    last = cfg.memo.get(("rank", key))
+    return last is not None and last[0] == n and last[1] < n
+
+
 def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
                T_factors=None) -> CouplingSolution:
     n = A.shape[0]
@@ -266,7 +273,7 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
         method, route = "eigh", "cholesky->eigh (rank known)"
     elif method == "projector" and rtol < PROJECTOR_MIN_RTOL:
         method, route = "eigh", "projector->eigh (rtol below its band)"
-    elif method == "cholesky" and key is not None and cfg.memo.get(("rank", key), n) < n:
+    elif method == "cholesky" and key is not None and _truncated_last_step(cfg, key, n):
         # Truncated last step: on real data the next batch almost always is too, and a failed
         # Cholesky costs as much as a third of the eigen-solve that follows it.
         method, route = "eigh", "cholesky->eigh (truncated last step)"
@@ -284,7 +291,7 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
         route = f"{cfg.solver}->eigh"
     rank = int(sol.rank)
     if key is not None:
-        cfg.memo[("rank", key)] = rank
+        cfg.memo[("rank", key)] = (n, rank)
     if (max_rank is None and rank < n and method != "damped" and cfg.gram_reduce is None
             and status != NONFINITE and _floor_set_the_cut(K64, cfg, rtol)):
         # The Gram truncated singular values of A~ that it cannot resolve but the caller asked

@@ -228,3 +228,67 @@ def test_coupling_tangent_of_a_thin_tangent(name, dtype, activation):
     want = coupling_tangent_ref(pre, e, RC, W, activation)
     assert got.shape == (n, h)
     assert rel_err(got, want) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_a_short_batch_does_not_send_the_next_full_one_past_its_cholesky():
+    model = make_model(12, 3, 2, 40, activation="relu", first_activation="relu")
+    opt = revgn.ExactGN(model, rtol=1e-3)
+    x, y = torch.randn(12, 12, dtype=torch.float64), labels(12, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for n in (12, 6, 12):
+            _, result = opt.direction(x[:n], y[:n])
+    assert all(r.rank == r.rows for r in result.blocks)
+    assert not any("truncated last step" in r.method for r in result.blocks)
+
+
+def test_projector_on_a_zero_gram_is_zero_like_eigh():
+    K, R = torch.zeros(1, 4, 4, dtype=torch.float64), torch.randn(1, 4, 2, dtype=torch.float64)
+    Z, rank = projector_solve(K, R, 1e-2, 0.0)
+    assert torch.equal(Z, torch.zeros_like(Z)) and int(rank[0]) == 0
+
+
+def test_the_cpp_tangent_works_after_a_call_under_inference_mode():
+    from revgn import backend
+    if not backend.available("cpp", torch.device("cpu")):
+        pytest.skip("the extension is not built here")
+    ops = bind("cpp", "cpu")
+    g = torch.Generator().manual_seed(1)
+    pre, du = torch.randn(5, 9, generator=g), torch.randn(5, 3, generator=g)
+    C, W = torch.randn(3, 9, generator=g), torch.randn(3, 9, generator=g)
+    with torch.inference_mode():
+        ops.coupling_tangent(pre, du, C.clone(), W, "relu")
+    got = ops.coupling_tangent(pre, du, C, W, "relu")
+    from revgn.ops import coupling_tangent_ref
+    assert rel_err(got, coupling_tangent_ref(pre, du, C, W, "relu")) < 1e-6
+
+
+def test_a_failed_step_leaves_every_parameter_as_it_was(monkeypatch):
+    """Any error after some blocks were updated (not only a non-finite update) undoes them."""
+    import revgn.sweep as sweep
+    model = make_model(12, 3, 3, 40, activation="relu", first_activation="identity")
+    x, y = torch.randn(20, 12, dtype=torch.float64), labels(20, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    real = sweep.block_gn_step
+
+    def fails_at_block_0(index, *args, **kwargs):
+        if index == 0:
+            raise RuntimeError("planted")
+        return real(index, *args, **kwargs)
+    monkeypatch.setattr(sweep, "block_gn_step", fails_at_block_0)
+    with pytest.raises(RuntimeError, match="planted"):
+        revgn.ExactGN(model, lr=0.5).step(x, y)
+    for p, q in zip(model.parameters(), before):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_cpp_gram_of_half_precision_inputs(dtype):
+    """The blocked Gram covers float32 and float64; other dtypes keep the plain product (EGN
+    on a bfloat16 model reaches it)."""
+    from revgn import backend
+    if not backend.available("cpp", torch.device("cpu")):
+        pytest.skip("the extension is not built here")
+    A = torch.randn(300, 7).to(dtype)
+    got = bind("cpp", "cpu").gram(A, True)
+    assert got.dtype == dtype and rel_err(got.float(), (A.float() @ A.float().t() + 1)) < 2e-2

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -107,6 +108,9 @@ at::Tensor tangent_preactivation(const at::Tensor& du, const std::optional<at::T
   if (!workspace.defined() || workspace.numel() < numel ||
       workspace.scalar_type() != du.scalar_type()) {
     workspace = at::Tensor();  // release before allocating the larger one
+    // a normal tensor, even when the first call runs under torch.inference_mode(): an inference
+    // tensor could not be written by later calls outside it
+    c10::InferenceMode normal_tensor(/*enabled=*/false);
     workspace = at::empty({numel}, du.options());
   }
   at::Tensor S = workspace.narrow(0, 0, numel).view({rows, cols});
@@ -185,7 +189,8 @@ void mirror_lower_(T* K, int64_t n) {
 at::Tensor gram_cpu(const at::Tensor& A, bool bias) {
   TORCH_CHECK(A.dim() == 2, "revgn: A must be (n, M)");
   const int64_t n = A.size(0);
-  const int64_t panels = n >= 512 ? 4 : (n >= 256 ? 2 : 1);
+  const bool blocked = A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble;
+  const int64_t panels = !blocked ? 1 : (n >= 512 ? 4 : (n >= 256 ? 2 : 1));
   at::Tensor K;
   if (panels == 1) {
     K = at::mm(A, A.t());

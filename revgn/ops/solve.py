@@ -70,7 +70,9 @@ def _start_vector(K):
 
 def largest_eigenvalue(K, iters: int = 12):
     """Power-iteration estimate of ``lam_max`` (a lower bound converging from below)."""
-    v = torch.ones(*K.shape[:-1], 1, dtype=K.dtype, device=K.device)
+    # the ones vector (a Gram with a bias column leans towards it) plus the alternating start:
+    # not orthogonal to the top eigenvector of a matrix with entries of either sign either
+    v = torch.ones(*K.shape[:-1], 1, dtype=K.dtype, device=K.device) + _start_vector(K)
     for _ in range(iters):
         v = K @ v
         v = v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(K.dtype).tiny)
@@ -139,6 +141,8 @@ def projector_solve(K, R, rtol: float, atol: float, band: float = PROJECTOR_BAND
     """
     lam_max = largest_eigenvalue(K, iters=40).clamp_min(0)
     tau = torch.clamp_min(rtol * rtol * lam_max, atol * atol)
+    # K = 0 (no threshold to split at): the pseudoinverse is 0, as eigh gives
+    empty = tau <= 0
     P = spectral_projector(K, tau[..., None, None], band)
     n = K.shape[-1]
     eye = torch.eye(n, dtype=K.dtype, device=K.device)
@@ -147,6 +151,8 @@ def projector_solve(K, R, rtol: float, atol: float, band: float = PROJECTOR_BAND
     Z = P @ torch.cholesky_solve(P @ R, L)
     rank = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).round().to(torch.int64)
     Z = torch.where((info == 0)[..., None, None], Z, torch.full_like(Z, float("nan")))
+    Z = torch.where(empty[..., None, None], torch.zeros_like(Z), Z)
+    rank = torch.where(empty, torch.zeros_like(rank), rank)
     return Z, rank
 
 
