@@ -236,7 +236,7 @@ def default_mnist_dir() -> Path | None:
     return None
 
 
-# -- CIFAR-10 (python batches, binary layout, exact subset) --------------------------------------------------------------
+# -- CIFAR-10 (python batches, binary layout, exact subset) ------------------------------------
 
 def _latin1_encode(text, encoding):
     # Python 3 pickles bytes at protocols 0-2 as _codecs.encode(str, "latin1"); nothing else.
@@ -316,7 +316,8 @@ def _records_to_arrays(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     """``(data (n x 3072) uint8, labels (n,) int64)`` of CIFAR-10 binary records (1 label byte,
     then 1024 R, 1024 G, 1024 B bytes, each plane row-major 32x32)."""
     if not raw:
-        raise ValueError(f"{where}: empty, expected CIFAR-10 binary records of {CIFAR_RECORD} bytes")
+        raise ValueError(f"{where}: empty, expected CIFAR-10 binary records of {CIFAR_RECORD} "
+                         "bytes")
     if len(raw) % CIFAR_RECORD:
         raise ValueError(f"{where}: {len(raw)} bytes is not a whole number of {CIFAR_RECORD}-byte "
                          f"CIFAR-10 records ({len(raw) // CIFAR_RECORD} records and "
@@ -413,8 +414,9 @@ def load_cifar10_subset(data_dir) -> Dataset:
     else:
         archive = folder / CIFAR_SUBSET_ARCHIVE
         if not archive.is_file():
-            raise FileNotFoundError(f"{folder}: no exact CIFAR-10 subset ({' and '.join(CIFAR_SUBSET_FILES)}, "
-                                    f"or {CIFAR_SUBSET_ARCHIVE})")
+            names = " and ".join(CIFAR_SUBSET_FILES)
+            raise FileNotFoundError(f"{folder}: no exact CIFAR-10 subset ({names}, or "
+                                    f"{CIFAR_SUBSET_ARCHIVE})")
         raws = list(_subset_from_archive(archive))
         names = [f"{archive}:lossless-subset/{n}" for n in CIFAR_SUBSET_FILES]
         shown = folder
@@ -521,7 +523,8 @@ def teacher_student(n_train: int = 500, n_test: int = 10000, dim: int = 10,
 
 def load_dataset(name: str, data_dir=None, seed: int = 0, **kwargs) -> Dataset:
     """``digits`` (split seed ``seed``), ``mnist`` (``data_dir``, else ``default_mnist_dir()``),
-    ``cifar10`` (``data_dir``, else ``default_cifar10_dir()``) or ``teacher`` (``seed``; ``kwargs`` go to ``teacher_student``)."""
+    ``cifar10`` (``data_dir``, else ``default_cifar10_dir()``) or ``teacher`` (``seed``;
+    ``kwargs`` go to ``teacher_student``)."""
     if name == "digits":
         return load_digits_dataset(seed, **kwargs)
     if name == "mnist":

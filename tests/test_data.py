@@ -475,7 +475,8 @@ def test_load_dataset_errors(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="--data-dir.*REVGN_CIFAR10_DIR"):
         data.load_dataset("cifar10")
     monkeypatch.setenv("REVGN_CIFAR10_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="data_batch_1..5.bin.*python batches.*exact subset"):
+    with pytest.raises(FileNotFoundError,
+                       match="data_batch_1..5.bin.*python batches.*exact subset"):
         data.load_dataset("cifar10")
 
 
