@@ -250,6 +250,23 @@ def _truncated_last_step(cfg: SolverConfig, key, n: int) -> bool:
     return last is not None and last[0] == n and last[1] < n
 
 
+def _gram_method(cfg: SolverConfig, rtol: float, n: int, max_rank: int | None,
+                 key=None) -> tuple[str, str]:
+    """``(method, route)`` of a Gram-space solve (not ``damped``): the configured solver,
+    or ``eigh`` where its factorization is known to fail or its threshold is too fine."""
+    method = cfg.solver
+    if method == "cholesky" and max_rank is not None and max_rank < n:
+        # A linear block's rank is known in advance: skip the doomed factorization.
+        return "eigh", "cholesky->eigh (rank known)"
+    if method == "projector" and rtol < PROJECTOR_MIN_RTOL:
+        return "eigh", "projector->eigh (rtol below its band)"
+    if method == "cholesky" and key is not None and _truncated_last_step(cfg, key, n):
+        # Truncated last step: on real data the next batch almost always is too, and a failed
+        # Cholesky costs as much as a third of the eigen-solve that follows it.
+        return "eigh", "cholesky->eigh (truncated last step)"
+    return method, method
+
+
 def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
                T_factors=None) -> CouplingSolution:
     n = A.shape[0]
@@ -268,24 +285,14 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
         damping = cfg.pinv_damping
         if cfg.pinv_damping_relative:
             damping *= float(torch.linalg.eigvalsh(K64)[-1])
-    elif method == "cholesky" and max_rank is not None and max_rank < n:
-        # A linear block's rank is known in advance: skip the doomed factorization.
-        method, route = "eigh", "cholesky->eigh (rank known)"
-    elif method == "projector" and rtol < PROJECTOR_MIN_RTOL:
-        method, route = "eigh", "projector->eigh (rtol below its band)"
-    elif method == "cholesky" and key is not None and _truncated_last_step(cfg, key, n):
-        # Truncated last step: on real data the next batch almost always is too, and a failed
-        # Cholesky costs as much as a third of the eigen-solve that follows it.
-        method, route = "eigh", "cholesky->eigh (truncated last step)"
+    else:
+        method, route = _gram_method(cfg, rtol, n, max_rank, key)
     # The eigen-solve stays in float64 even for float32 data: in float32 its error is about
     # eps32 ||K||, and on the paper's MNIST workload that moved the update by 2e-2 (float64:
     # 5e-5 from the all-float64 step).
-    if T_factors is not None:
-        # T = e R with e (n x k), k << h: solve for e alone, Z = K^+ e R (see _factored_solution)
-        sol = gram_solve(K64, T_factors[0].to(torch.float64), method, rtol, cfg.atol, damping,
-                         ops=cfg.ops)
-    else:
-        sol = gram_solve(K64, T64, method, rtol, cfg.atol, damping, ops=cfg.ops)
+    # T = e R with e (n x k), k << h: solve for e alone, Z = K^+ e R (see _factored_solution)
+    rhs = T64 if T_factors is None else T_factors[0].to(torch.float64)
+    sol = gram_solve(K64, rhs, method, rtol, cfg.atol, damping, ops=cfg.ops)
     status = int(sol.status)
     if status == FELL_BACK:
         route = f"{cfg.solver}->eigh"
@@ -353,14 +360,10 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
                or n > C.shape[1] + (1 if bias else 0)
                or 0.0 < cfg.rtol < gram_rtol_floor(u.dtype))
     if generic:
-        return _explicit(solve_coupling(u @ C, T, bias, cfg, max_rank, key), u @ C, cfg)
+        A = u @ C
+        return _explicit(solve_coupling(A, T, bias, cfg, max_rank, key), A, cfg)
     rtol = max(cfg.rtol, gram_rtol_floor(u.dtype))
-    rank_known_short = max_rank is not None and max_rank < n
-    method, route = cfg.solver, cfg.solver
-    if rank_known_short and method == "cholesky":
-        method, route = "eigh", "cholesky->eigh (rank known)"
-    elif method == "projector" and rtol < PROJECTOR_MIN_RTOL:
-        method, route = "eigh", "projector->eigh (rtol below its band)"
+    method, route = _gram_method(cfg, rtol, n, max_rank)
     route = "linear " + route
     work = LinearSolve(u, T, bias, bottleneck_gram(C, bias, cfg.memo))
     Z64, realized64, rank, status = work.solve(method, rtol, cfg.atol, cfg.ops)
