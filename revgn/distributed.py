@@ -43,7 +43,8 @@ from revgn.model import ReversibleStack, RevMLP
 from revgn.ops import bind
 from revgn.solvers import GRAM_SOLVERS, SolverConfig, gram_rtol_floor, solve_gram
 from revgn.sweep import CouplingReport, TopBlock, relative_residual
-from revgn.validation import check_choice, check_features, check_nonnegative, check_targets
+from revgn.validation import (all_finite, check_choice, check_features, check_nonnegative,
+                              check_targets)
 
 __all__ = ["ShardedCoupling", "ShardedRevMLP", "DistributedExactGN", "shard_model",
            "shard_bounds", "init_process_group"]
@@ -306,7 +307,7 @@ class DistributedExactGN(torch.optim.Optimizer):
                              "solves on the n x n Gram; use a batch of at most M + 1")
         X, top = m.forward_for_sweep(x)
         logits = X @ m.U
-        if not bool(torch.isfinite(logits).all()):
+        if not all_finite(logits):
             return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
                                    "not finite at these parameters", [])
         result = GNStepResult(loss=float(batch_loss(logits, y, self.loss)))

@@ -14,8 +14,8 @@ from revgn.ops import OpTable, bind
 from revgn.solvers import SOLVERS, SolverConfig
 from revgn.sweep import (TANGENT_MODES, CouplingReport, forward_for_sweep, gn_sweep,
                          relative_residual)
-from revgn.validation import (check_choice, check_features, check_nonnegative, check_targets,
-                              step_batch)
+from revgn.validation import (all_finite, check_choice, check_features, check_nonnegative,
+                              check_targets, step_batch)
 
 STEP_SCALINGS = ("function", "per_block")
 NONFINITE_POLICIES = ("raise", "skip")
@@ -283,7 +283,7 @@ class ExactGN(torch.optim.Optimizer):
         else:
             (X_L, anchors), top = model.stream_with_anchors(x, self.anchor_every), None
         logits = model.readout(X_L)
-        if not bool(torch.isfinite(logits).all()):
+        if not all_finite(logits):
             return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
                                    "not finite at these parameters")
         loss = float(batch_loss(logits, y, self.loss))
@@ -328,8 +328,7 @@ class ExactGN(torch.optim.Optimizer):
         dW, db = sol.parameter_update(A, self.ops)
         if self.noise:
             dW, db = self._add_noise(dW), (self._add_noise(db) if db is not None else None)
-        if not bool(torch.isfinite(dW).all()) or (db is not None and not bool(
-                torch.isfinite(db).all())):
+        if not all_finite(dW) or (db is not None and not all_finite(db)):
             raise NonFiniteStepError("a non-finite update was produced")
         return dW, db, None
 

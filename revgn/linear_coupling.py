@@ -15,7 +15,9 @@ columns, even when ``B`` is rank deficient, as MNIST's constant border pixels ma
 ``S`` has ``K``'s nonzero eigenvalues, so truncating ``S`` at ``max(rtol^2 lam_max, atol^2)``
 keeps exactly what truncating ``K`` keeps. Cost: a QR of ``n x (h+1)`` and an eigen-solve of
 ``(h+1) x (h+1)`` in float64, against an ``n^2 M`` Gram and an ``n x n`` eigen-solve; ``C C^T``
-is kept across steps (``C`` is fixed). The small factorizations run in float64 whatever the
+is kept across steps (``C`` is fixed). A batch no larger than ``h+1`` has a square ``Q``: the
+QR buys nothing there, and ``S = K = B G B^T`` (``n h^2 + n^2 h``, still no ``n^2 M``) is solved
+as it is. The small factorizations run in float64 whatever the
 working dtype: ``S`` is then accurate where the float32 Gram ``K`` is not.
 """
 from __future__ import annotations
@@ -56,22 +58,28 @@ def bottleneck_gram(C: torch.Tensor, bias: bool, cache: dict) -> torch.Tensor:
 
 class LinearSolve:
     """The factored solve of one linear coupling: ``Q``, the small solution ``Zs = S^+ Q^T T``
-    and what ``solve_coupling`` reports (rank, status)."""
+    and what ``solve_coupling`` reports (rank, status). ``Q`` is None (the identity) when the
+    batch is no taller than ``B`` is wide."""
 
     def __init__(self, u: torch.Tensor, T: torch.Tensor, bias: bool, G: torch.Tensor):
         B = u.to(torch.float64)
         if bias:
             B = torch.cat([B, B.new_ones(B.shape[0], 1)], dim=1)
-        self.Q, R = torch.linalg.qr(B)
-        self.S = R @ G @ R.t()
-        self.QtT = self.Q.t() @ T.to(torch.float64)
+        T64 = T.to(torch.float64)
+        if B.shape[0] <= B.shape[1]:
+            self.Q, self.S, self.QtT = None, B @ G @ B.t(), T64
+        else:
+            self.Q, R = torch.linalg.qr(B)
+            self.S = R @ G @ R.t()
+            self.QtT = self.Q.t() @ T64
 
     def solve(self, method: str, rtol: float, atol: float, ops):
         """``(Z (n x h, float64), realized (n x h, float64), rank, status)``."""
         sol = gram_solve(self.S, self.QtT, method, rtol, atol, ops=ops)
-        Z = self.Q @ sol.Z
-        realized = self.Q @ (self.S @ sol.Z)
-        return Z, realized, int(sol.rank), int(sol.status)
+        realized = self.S @ sol.Z
+        if self.Q is None:
+            return sol.Z, realized, int(sol.rank), int(sol.status)
+        return self.Q @ sol.Z, self.Q @ realized, int(sol.rank), int(sol.status)
 
 
 def linear_update(u: torch.Tensor, C: torch.Tensor, Z: torch.Tensor, bias: bool):

@@ -36,6 +36,7 @@ import torch
 from revgn.linear_coupling import LINEAR_SOLVERS, LinearSolve, bottleneck_gram, linear_update
 from revgn.ops import OpTable, gram_solve, reference_ops
 from revgn.ops.solve import FELL_BACK, NONFINITE, largest_eigenvalue
+from revgn.validation import all_finite
 
 SOLVERS = ("cholesky", "eigh", "svd", "damped", "qr", "rsvd", "transpose", "projector")
 GRAM_SOLVERS = ("cholesky", "eigh", "damped", "projector")
@@ -143,7 +144,7 @@ def _finish_dense(At, T, D, bias, rank, method, exact, realized=None):
     dW, db = _split(D, bias)
     realized = At @ D if realized is None else realized
     return CouplingSolution(realized=realized, rank=rank, method=method, exact=exact, dW=dW,
-                            db=db, finite=bool(torch.isfinite(D).all()), bias=bias)
+                            db=db, finite=all_finite(D), bias=bias)
 
 
 def solve_svd(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
@@ -190,7 +191,7 @@ def solve_transpose(A, T, bias, cfg: SolverConfig) -> CouplingSolution:
     if bias:
         realized = realized + db
     return CouplingSolution(realized=realized, rank=0, method="transpose", exact=False, dW=dW,
-                            db=db, finite=bool(torch.isfinite(dW).all()), bias=bias)
+                            db=db, finite=all_finite(dW), bias=bias)
 
 
 def solve_tall(A, T, bias, cfg: SolverConfig) -> CouplingSolution:

@@ -175,3 +175,17 @@ def test_failure_late_in_the_sweep_restores_updated_blocks(monkeypatch, policy):
         assert not opt.step(x, y).applied
     for p, q in zip(model.parameters(), snap):
         assert torch.allclose(p, q, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_all_finite_sees_every_non_finite_entry_and_no_overflow(dtype):
+    from revgn.validation import all_finite
+    big = torch.finfo(dtype).max
+    x = torch.full((37, 5), big / 2, dtype=dtype)  # finite entries whose sum overflows
+    assert not torch.isfinite(x.sum()) and all_finite(x)
+    assert all_finite(torch.empty(0, 3, dtype=dtype))
+    for value in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite(_poke(x, 36, 4, value))
+        assert not all_finite(_poke(torch.zeros(4, 3, dtype=dtype), 1, 2, value))
+    both = _poke(_poke(torch.zeros(4, 3, dtype=dtype), 0, 0, float("inf")), 3, 2, -float("inf"))
+    assert not all_finite(both)
