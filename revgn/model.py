@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from revgn.activations import get_activation
+from revgn.validation import all_finite
 
 
 class Coupling(nn.Module):
@@ -60,6 +61,41 @@ class Coupling(nn.Module):
             out = u @ fold
         return out + self.b if self.b is not None else out
 
+    # -- what the GN sweep asks of a coupling (revgn.sweep); a split coupling
+    #    (revgn.distributed.ShardedCoupling) completes the partial sums of the same products --
+
+    def forward_kept(self, u: torch.Tensor, fold: torch.Tensor | None = None):
+        """``(P, A, F(u))`` with ``P = u C`` and ``A = s(P)`` kept for the sweep (both None when
+        ``fold`` is given: a folded coupling keeps no ``A``)."""
+        if fold is not None:
+            return None, None, self(u, fold)
+        P = self.preactivation(u)
+        A = self._act.fn(P)
+        out = torch.addmm(self.b, A, self.W.t()) if self.b is not None else A @ self.W.t()
+        return P, A, out
+
+    def push(self, pre: torch.Tensor, du: torch.Tensor, ops, fold: torch.Tensor | None = None,
+             C: torch.Tensor | None = None) -> torch.Tensor:
+        """``k = (s'(P) * (du C)) W^T``, the push of a tangent ``du`` of the input through the
+        coupling, given ``pre = P``; ``du C W^T`` when folded. ``C`` replaces the coupling's own
+        for a thin ``du``: ``T = e R`` is pushed as ``e`` through ``R C``."""
+        if fold is not None:
+            return du @ fold
+        return ops.coupling_tangent(pre, du, self.C if C is None else C, self.W, self.activation)
+
+    def invert_with_tangent(self, u: torch.Tensor, du: torch.Tensor, y: torch.Tensor,
+                            dy: torch.Tensor, ops, fold: torch.Tensor | None = None):
+        """``(x, dx, A, k)`` from ``y = x + F(u)`` and its tangent (DESIGN §3 steps 1-2):
+        ``x = y - s(u C) W^T - b``, ``k = (s'(u C) * (du C)) W^T``, ``dx = dy - k``; ``A`` is
+        None when folded."""
+        if fold is None:
+            return ops.coupling_inverse_with_tangent(u, du, y, dy, self.C, self.W, self.b,
+                                                     self.activation)
+        x = torch.addmm(self.b, u, fold, beta=-1, alpha=-1).add_(y) if self.b is not None \
+            else y - u @ fold
+        k = du @ fold
+        return x, dy - k, None, k
+
     def foldable(self) -> bool:
         """A linear coupling with a bottleneck: ``A = u C`` for a fixed ``C``, so every product
         through ``A`` can go through the ``h x h`` ``C W^T`` and ``C C^T`` instead."""
@@ -102,8 +138,18 @@ class RevBlock(nn.Module):
 
 
 class ReversibleStack(nn.Module):
-    """What every reversible model here shares: ``blocks`` and a fixed orthonormal readout ``U``
-    that must stay orthonormal in the dtype the model runs in (the GN lift ``E = e U^T``)."""
+    """What every reversible model here shares: ``blocks`` of ``RevBlock``s over the stream halves
+    (``half`` wide, ``in_features`` in all) and a fixed orthonormal readout ``U`` that must stay
+    orthonormal in the dtype the model runs in (the GN lift ``E = e U^T``).
+
+    The GN step (``revgn.sweep``, ``revgn.exact_gn``) asks the model for what goes beyond one
+    coupling: ``linear_folds``, ``gram_reduce`` and ``all_finite``. The versions here are for
+    couplings held whole by this process; ``revgn.distributed.ShardedRevMLP`` sums them over
+    the ranks that share the couplings' columns.
+    """
+
+    #: sums a Gram matrix over the shards of ``A`` (``SolverConfig.gram_reduce``); None: whole
+    gram_reduce = None
 
     @property
     def depth(self) -> int:
@@ -114,42 +160,6 @@ class ReversibleStack(nn.Module):
         out = super()._apply(fn, *args, **kwargs)
         self.U = orthonormalize(self.U)
         return out
-
-
-class RevMLP(ReversibleStack):
-    """Reversible MLP (Buffelli et al., NeurIPS 2024); see the module docstring.
-
-    Only ``W`` and ``b`` of every coupling are parameters; ``C`` and ``U`` are buffers (fixed, saved
-    in ``state_dict``). The stream width is ``in_features``, which must be even.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, depth: int = 2, bottleneck: int = 8000,
-                 activation: str = "relu", first_activation: str = "identity",
-                 init_std: float = 1e-3, bias: bool = True, inverted_bottleneck: bool = True):
-        super().__init__()
-        if in_features < 2 or in_features % 2:
-            raise ValueError(
-                f"RevMLP needs an even in_features >= 2 (the stream is split into two halves); "
-                f"got {in_features}. Zero-pad the input by one feature to make it even.")
-        if num_classes < 1 or num_classes > in_features:
-            raise ValueError(f"num_classes must be in [1, in_features={in_features}]; "
-                             f"got {num_classes}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1; got {depth}")
-        if inverted_bottleneck and bottleneck < 1:
-            raise ValueError(f"bottleneck must be >= 1; got {bottleneck}")
-        get_activation(activation), get_activation(first_activation)  # validate names early
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.half = in_features // 2
-        self.inverted_bottleneck = inverted_bottleneck
-        self.bottleneck = bottleneck if inverted_bottleneck else self.half
-        width = bottleneck if inverted_bottleneck else None
-        self.blocks = nn.ModuleList(
-            RevBlock(self.half, width, first_activation if l == 0 else activation, init_std, bias)
-            for l in range(depth))
-        U, _ = torch.linalg.qr(torch.randn(in_features, num_classes, dtype=torch.float64))
-        self.register_buffer("U", U.to(torch.get_default_dtype()))
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[0] == 0:
@@ -209,6 +219,51 @@ class RevMLP(ReversibleStack):
         for l, block in enumerate(self.blocks):
             yield l, "F", block.F
             yield l, "G", block.G
+
+    def linear_folds(self) -> dict:
+        """``{coupling: C W^T}`` for every ``foldable()`` coupling, at the current ``W`` (taken
+        before any update of a GN step, so that its forward and its sweep share them)."""
+        return {c: c.folded() for _, _, c in self.couplings() if c.foldable()}
+
+    def all_finite(self, *tensors) -> bool:
+        """Whether every entry of ``tensors`` (None ones skipped) is finite."""
+        return all(all_finite(t) for t in tensors if t is not None)
+
+
+class RevMLP(ReversibleStack):
+    """Reversible MLP (Buffelli et al., NeurIPS 2024); see the module docstring.
+
+    Only ``W`` and ``b`` of every coupling are parameters; ``C`` and ``U`` are buffers (fixed, saved
+    in ``state_dict``). The stream width is ``in_features``, which must be even.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, depth: int = 2, bottleneck: int = 8000,
+                 activation: str = "relu", first_activation: str = "identity",
+                 init_std: float = 1e-3, bias: bool = True, inverted_bottleneck: bool = True):
+        super().__init__()
+        if in_features < 2 or in_features % 2:
+            raise ValueError(
+                f"RevMLP needs an even in_features >= 2 (the stream is split into two halves); "
+                f"got {in_features}. Zero-pad the input by one feature to make it even.")
+        if num_classes < 1 or num_classes > in_features:
+            raise ValueError(f"num_classes must be in [1, in_features={in_features}]; "
+                             f"got {num_classes}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1; got {depth}")
+        if inverted_bottleneck and bottleneck < 1:
+            raise ValueError(f"bottleneck must be >= 1; got {bottleneck}")
+        get_activation(activation), get_activation(first_activation)  # validate names early
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.half = in_features // 2
+        self.inverted_bottleneck = inverted_bottleneck
+        self.bottleneck = bottleneck if inverted_bottleneck else self.half
+        width = bottleneck if inverted_bottleneck else None
+        self.blocks = nn.ModuleList(
+            RevBlock(self.half, width, first_activation if l == 0 else activation, init_std, bias)
+            for l in range(depth))
+        U, _ = torch.linalg.qr(torch.randn(in_features, num_classes, dtype=torch.float64))
+        self.register_buffer("U", U.to(torch.get_default_dtype()))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, "

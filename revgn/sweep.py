@@ -13,6 +13,11 @@ its output:
 The sweep is a generator: a consumer may apply a block's update before the next block is
 inverted (no later block reads it), so only one block's workspace is alive at a time.
 
+The sweep reaches the couplings only through their own operations (``Coupling.forward_kept``,
+``invert_with_tangent``, ``push``) and the model's (``linear_folds``, ``gram_reduce`` in the
+solver config): a ``RevMLP`` computes them whole, a ``revgn.distributed.ShardedRevMLP`` sums each
+rank's columns with an all-reduce. The same sweep runs for both.
+
 A linear coupling with a bottleneck (the paper's first block) is folded: every product through
 ``A = u C`` goes through the ``h x h`` ``C W^T`` (``Coupling.folded``), ``A`` is never formed,
 and its solve runs in the span of ``[u, 1]`` (``revgn.linear_coupling``).
@@ -73,7 +78,7 @@ class BlockStep:
 class TopBlock:
     """What the forward pass leaves for the sweep: the last block's workspace (its inputs,
     pre-activations and activations; None for a folded coupling) and ``folds``, the
-    ``C W^T`` of every folded coupling (``linear_folds``)."""
+    ``C W^T`` of every folded coupling (``ReversibleStack.linear_folds``)."""
     X1: torch.Tensor
     X2: torch.Tensor
     Y1: torch.Tensor
@@ -84,53 +89,19 @@ class TopBlock:
     folds: dict | None = None
 
 
-def linear_folds(model) -> dict:
-    """``{coupling: C W^T}`` for every linear coupling with a bottleneck, at the current ``W``
-    (taken before any update of the step, so the forward and the sweep share them)."""
-    return {c: c.folded() for _, _, c in model.couplings() if c.foldable()}
-
-
-def _top_coupling(coupling, u, fold):
-    """``(P, A, coupling(u))`` keeping ``P`` and ``A`` for the sweep (None when folded)."""
-    if fold is not None:
-        return None, None, coupling(u, fold)
-    P = coupling.preactivation(u)
-    A = coupling._act.fn(P)
-    out = torch.addmm(coupling.b, A, coupling.W.t()) if coupling.b is not None else A @ coupling.W.t()
-    return P, A, out
-
-
 def forward_for_sweep(model, x, anchor_every: int | None = None):
     """``(X_L, anchors, top)``: the forward pass, keeping the stream at the anchors
-    (``RevMLP.stream_with_anchors``), the last block's workspace and the folds (``TopBlock``)."""
-    folds = linear_folds(model)
+    (``ReversibleStack.stream_with_anchors``), the last block's workspace and the folds
+    (``TopBlock``)."""
+    folds = model.linear_folds()
     X, anchors = model.stream_with_anchors(x, anchor_every, blocks=model.depth - 1, folds=folds)
     x1, x2 = model.split(X)
     block = model.blocks[-1]
-    P_F, A_F, out_F = _top_coupling(block.F, x2, folds.get(block.F))
+    P_F, A_F, out_F = block.F.forward_kept(x2, folds.get(block.F))
     y1 = x1 + out_F
-    P_G, A_G, out_G = _top_coupling(block.G, y1, folds.get(block.G))
+    P_G, A_G, out_G = block.G.forward_kept(y1, folds.get(block.G))
     y2 = x2 + out_G
     return torch.cat([y1, y2], dim=1), anchors, TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G, folds)
-
-
-def _push(coupling, fold, pre, du, ops):
-    """``(s'(P) * (du C)) W^T``: the push of ``du`` through the coupling (``du C W^T`` when
-    folded)."""
-    if fold is not None:
-        return du @ fold
-    return ops.coupling_tangent(pre, du, coupling.C, coupling.W, coupling.activation)
-
-
-def _invert(coupling, fold, u, du, y, dy, ops):
-    """``(x, dx, A, k)`` of ``coupling_inverse_with_tangent``; ``A`` is None when folded."""
-    if fold is None:
-        return ops.coupling_inverse_with_tangent(u, du, y, dy, coupling.C, coupling.W, coupling.b,
-                                                 coupling.activation)
-    x = torch.addmm(coupling.b, u, fold, beta=-1, alpha=-1).add_(y) if coupling.b is not None \
-        else y - u @ fold
-    k = du @ fold
-    return x, dy - k, None, k
 
 
 def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, ops,
@@ -139,23 +110,23 @@ def _pull_back_top(block, top: TopBlock, T1, T2, bottom: bool, folds: dict, ops,
     ``T1_push = (e, R C_G)`` pushes ``T1 = e R`` through G as ``e (R C_G)``."""
     G, F = block.G, block.F
     if T1_push is not None:
-        K = ops.coupling_tangent(top.P_G, T1_push[0], T1_push[1], G.W, G.activation)
+        K = G.push(top.P_G, T1_push[0], ops, C=T1_push[1])
     else:
-        K = _push(G, folds.get(G), top.P_G, T1, ops)
+        K = G.push(top.P_G, T1, ops, folds.get(G))
     dX2 = T2 - K
     dX1 = None
     if not bottom:
-        dX1 = T1 - _push(F, folds.get(F), top.P_F, dX2, ops)
+        dX1 = T1 - F.push(top.P_F, dX2, ops, folds.get(F))
     return top.X1, top.X2, dX1, dX2, top.A_F, top.A_G, K
 
 
 def _pull_back_analytic(block, Y1, Y2, T1, T2, bottom: bool, folds: dict, ops):
     G, F = block.G, block.F
-    X2, dX2, A_G, K = _invert(G, folds.get(G), Y1, T1, Y2, T2, ops)
+    X2, dX2, A_G, K = G.invert_with_tangent(Y1, T1, Y2, T2, ops, folds.get(G))
     if bottom:
         A_F = F.activations(X2) if F not in folds else None
         return None, X2, None, dX2, A_F, A_G, K
-    X1, dX1, A_F, _ = _invert(F, folds.get(F), X2, dX2, Y1, T1, ops)
+    X1, dX1, A_F, _ = F.invert_with_tangent(X2, dX2, Y1, T1, ops, folds.get(F))
     return X1, X2, dX1, dX2, A_F, A_G, K
 
 
@@ -176,11 +147,11 @@ def _cross_term(block, Y1, realized_F, K, exact_F: bool, tangent_mode: str, fold
         return K
     G = block.G
     if realized_push is not None and P_G is not None:
-        return ops.coupling_tangent(P_G, realized_push[0], realized_push[1], G.W, G.activation)
+        return G.push(P_G, realized_push[0], ops, C=realized_push[1])
     fold = folds.get(G)
     if fold is None and P_G is None:
         P_G = G.preactivation(Y1)
-    return _push(G, fold, P_G, realized_F, ops)
+    return G.push(P_G, realized_F, ops, fold)
 
 
 def _solve(index, name, coupling, u, A, T, cfg: SolverConfig, folds: dict,
@@ -196,8 +167,8 @@ def block_gn_step(index, block, Y1, Y2, T1, T2, cfg: SolverConfig, tangent_mode=
     """Invert one block with its tangent and solve both couplings (steps 1-4 above).
 
     ``top`` is the forward's workspace when this is the last block; block 0 skips what only
-    the block below would read. ``folds`` (``linear_folds``) marks the folded couplings; the
-    autodiff tangent mode folds nothing. ``T1_factors = (e, R)`` with ``T1 = e R`` and ``e``
+    the block below would read. ``folds`` (``model.linear_folds()``) marks the folded couplings;
+    the autodiff tangent mode folds nothing. ``T1_factors = (e, R)`` with ``T1 = e R`` and ``e``
     thin (the top block's ``E = e U^T``) make the products through ``T1`` and the F update
     rank-``k`` ones.
     """
@@ -243,11 +214,11 @@ def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
     """Yield a ``BlockStep`` per block, last block first. Drop each one before asking for the
     next to keep one block's workspace alive.
 
-    ``anchors`` (from ``RevMLP.stream_with_anchors``) maps a block index to its true input: the
-    rebuilt input is compared with it (``BlockStep.drift``) and replaced by it. ``top`` (from
-    ``forward_for_sweep``) spares the last block's inversion and carries the folds the forward
-    used; without it linear couplings are folded here. ``e`` (n x k), with ``E = e U^T``, lets
-    the top block work with ``T1 = e U_1^T`` in factored form when ``k < h``.
+    ``anchors`` (from ``ReversibleStack.stream_with_anchors``) maps a block index to its true
+    input: the rebuilt input is compared with it (``BlockStep.drift``) and replaced by it.
+    ``top`` (from ``forward_for_sweep``) spares the last block's inversion and carries the folds
+    the forward used; without it linear couplings are folded here. ``e`` (n x k), with
+    ``E = e U^T``, lets the top block work with ``T1 = e U_1^T`` in factored form when ``k < h``.
     """
     Y1, Y2 = model.split(X_L)
     T1, T2 = model.split(E)
@@ -255,7 +226,7 @@ def gn_sweep(model, X_L: torch.Tensor, E: torch.Tensor, cfg: SolverConfig,
     if tangent_mode == "autodiff":
         folds = {}
     else:
-        folds = top.folds if top is not None and top.folds is not None else linear_folds(model)
+        folds = top.folds if top is not None and top.folds is not None else model.linear_folds()
     T1_factors = None
     if e is not None and e.shape[1] < model.half:
         T1_factors = (e, model.U[:model.half].t())
