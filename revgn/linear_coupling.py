@@ -30,8 +30,12 @@ from revgn.ops import gram_solve
 LINEAR_SOLVERS = ("cholesky", "eigh", "projector")
 
 
-def bottleneck_gram(C: torch.Tensor, bias: bool, cache: dict) -> torch.Tensor:
+def bottleneck_gram(C: torch.Tensor, bias: bool, cache: dict, reduce=None) -> torch.Tensor:
     """``G = diag(C C^T, 1)`` (or ``C C^T`` without bias) in float64, computed once per ``C``.
+
+    ``reduce`` sums a symmetric matrix over the shards of a ``C`` split by columns
+    (``SolverConfig.gram_reduce``): ``C C^T = sum_r C_r C_r^T``, one ``h (h + 1) / 2``
+    all-reduce per ``C`` for as long as the cache holds it.
 
     ``cache`` is the optimizer's memo, an entry per ``C`` tensor; it is reused only while ``C`` is
     the same storage at the same version, dtype and device (a ``load_state_dict`` or ``.to()``
@@ -47,6 +51,8 @@ def bottleneck_gram(C: torch.Tensor, bias: bool, cache: dict) -> torch.Tensor:
     h = C.shape[0]
     G = C64.new_zeros(h + 1, h + 1) if bias else None
     CCt = C64 @ C64.t()
+    if reduce is not None:
+        CCt = reduce(CCt)
     if bias:
         G[:h, :h] = CCt
         G[h, h] = 1.0

@@ -25,6 +25,11 @@ default 0) is solved by ``qr`` instead (route ``"cholesky->qr"``), unless its ra
 advance (a linear block); a full-rank float64 Gram solve
 that misses its target by more than ``REFINE_RTOL`` is refined through ``A~``
 (``refine_gram_solution``) to the accuracy of the SVD route.
+
+``A`` may be one shard ``A_r`` of an ``A`` split by columns over ranks
+(``SolverConfig.gram_reduce``, ``revgn.distributed``): ``K = sum_r A_r A_r^T + 1 1^T`` is
+reduced, ``Z`` is the same on every rank, and ``Z^T A_r`` is that rank's columns of ``dW``. Such
+a solve is neither refined nor sent to ``qr``: both need the whole ``A~`` on one rank.
 """
 from __future__ import annotations
 
@@ -316,7 +321,8 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
     if T_factors is not None:
         factored = _factored_solution(A, K, T, T_factors, sol.Z.to(A.dtype), bias, rank, route,
                                       exact, status != NONFINITE)
-        if not (exact and A.dtype == torch.float64 and factored.residual > REFINE_RTOL):
+        if not (exact and A.dtype == torch.float64 and cfg.gram_reduce is None
+                and factored.residual > REFINE_RTOL):
             return factored
         # refinement works on the whole target
         return solve_gram(A, T, bias, cfg, max_rank, key)
@@ -337,6 +343,13 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
                             Z=Z, finite=status != NONFINITE, bias=bias, residual=residual)
 
 
+def _tall(n: int, columns: int, bias: bool, cfg: SolverConfig) -> bool:
+    """Whether ``A~`` (``columns`` of ``A``, + 1 with bias) is taller than wide. A sharded ``A``
+    (``cfg.gram_reduce`` set) holds only some of its columns: its owner keeps ``n <= M + 1``
+    (``DistributedExactGN``), so it is never tall."""
+    return cfg.gram_reduce is None and n > columns + (1 if bias else 0)
+
+
 def _explicit(sol: CouplingSolution, A, cfg: SolverConfig) -> CouplingSolution:
     """``sol`` with ``dW``, ``db`` formed: the sweep keeps no ``A`` of a folded coupling to
     form them from ``Z`` later."""
@@ -353,12 +366,16 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
     carries the explicit ``dW = (Z^T u) C``, ``db``.
 
     Solvers that need ``A`` itself (``svd``, ``qr``, ``rsvd``, ``damped``, ``transpose``), a
-    sharded ``A``, a tall ``A~`` and an ``rtol`` finer than the Gram's floor take the generic
-    route on ``A = u C``; so does a float64 solve that would need refinement.
+    tall ``A~`` and an ``rtol`` finer than the Gram's floor take the generic route on
+    ``A = u C``; so does a float64 solve that would need refinement, unless ``C`` is sharded.
+
+    ``C`` may be one shard ``C_r`` of a ``C`` split by columns (``cfg.gram_reduce`` set): ``u``
+    and ``T`` are whole on every shard, ``C C^T`` is summed over the shards once
+    (``bottleneck_gram``), the small solve is the same everywhere, and each shard's update is
+    its own columns, ``dW_r = (Z^T u) C_r``.
     """
     n = u.shape[0]
-    generic = (cfg.solver not in LINEAR_SOLVERS or cfg.gram_reduce is not None
-               or n > C.shape[1] + (1 if bias else 0)
+    generic = (cfg.solver not in LINEAR_SOLVERS or _tall(n, C.shape[1], bias, cfg)
                or 0.0 < cfg.rtol < gram_rtol_floor(u.dtype))
     if generic:
         A = u @ C
@@ -366,13 +383,14 @@ def solve_linear_coupling(u, C, T, bias: bool, cfg: SolverConfig, max_rank: int 
     rtol = max(cfg.rtol, gram_rtol_floor(u.dtype))
     method, route = _gram_method(cfg, rtol, n, max_rank)
     route = "linear " + route
-    work = LinearSolve(u, T, bias, bottleneck_gram(C, bias, cfg.memo))
+    work = LinearSolve(u, T, bias, bottleneck_gram(C, bias, cfg.memo, cfg.gram_reduce))
     Z64, realized64, rank, status = work.solve(method, rtol, cfg.atol, cfg.ops)
     if status == FELL_BACK:
         route = f"linear {cfg.solver}->eigh"
     exact = rank == n
     residual = relative_residual(realized64, T.to(torch.float64))
-    if exact and u.dtype == torch.float64 and status != NONFINITE and residual > REFINE_RTOL:
+    if (exact and u.dtype == torch.float64 and status != NONFINITE and cfg.gram_reduce is None
+            and residual > REFINE_RTOL):
         A = u @ C
         return _explicit(solve_coupling(A, T, bias, cfg, max_rank, key), A, cfg)
     Z = Z64.to(u.dtype)
@@ -413,14 +431,12 @@ def solve_coupling(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None = N
 
 def _route(A, T, bias: bool, cfg: SolverConfig, max_rank: int | None, key=None,
            T_factors=None) -> CouplingSolution:
-    n, m = A.shape[0], A.shape[1] + (1 if bias else 0)
     if cfg.solver == "transpose":
         return solve_transpose(A, T, bias, cfg)
-    if n > m:
+    if _tall(A.shape[0], A.shape[1], bias, cfg):
         return solve_tall(A, T, bias, cfg)
     if cfg.solver in GRAM_SOLVERS:
         if cfg.solver != "damped" and 0.0 < cfg.rtol < gram_rtol_floor(A.dtype):
             return solve_qr(A, T, bias, cfg)
-        return solve_gram(A, T, bias, cfg, max_rank, key,
-                          T_factors if cfg.gram_reduce is None else None)
+        return solve_gram(A, T, bias, cfg, max_rank, key, T_factors)
     return {"svd": solve_svd, "qr": solve_qr, "rsvd": solve_rsvd}[cfg.solver](A, T, bias, cfg)
