@@ -1,4 +1,10 @@
-"""``ExactGN``: the exact Gauss-Newton optimizer for ``RevMLP`` (DESIGN §3)."""
+"""``ExactGN``: the exact Gauss-Newton optimizer for ``RevMLP`` (DESIGN §3).
+
+The step reaches the model only through the sweep (``revgn.sweep``) and the model's
+``gram_reduce`` and ``all_finite``, so the same optimizer drives a model whose couplings are
+split over ranks: ``revgn.distributed.DistributedExactGN`` is this class on a
+``ShardedRevMLP``.
+"""
 from __future__ import annotations
 
 import math
@@ -118,10 +124,7 @@ class ExactGN(torch.optim.Optimizer):
                  pinv_damping: float = 0.0, pinv_damping_relative: bool = True,
                  rsvd_rank: int | None = None, on_nonfinite: str = "raise", seed: int = 0,
                  anchor_every: int | None = None, drift_tol: float = 1e-3):
-        if not isinstance(model, RevMLP):
-            raise TypeError(
-                f"ExactGN needs a revgn.RevMLP (its exact step inverts reversible couplings); got "
-                f"{type(model).__name__}. For any other nn.Module use revgn.EGN.")
+        self._check_model(model)
         check_choice(loss, "loss", LOSSES)
         check_choice(curvature, "curvature", CURVATURES)
         check_choice(solver, "solver", SOLVERS)
@@ -164,8 +167,15 @@ class ExactGN(torch.optim.Optimizer):
             solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
             pinv_damping_relative=pinv_damping_relative, rsvd_rank=rsvd_rank,
             ops=bind(backend, model.U.device),
-            generator=self.generator)
+            generator=self.generator, gram_reduce=model.gram_reduce)
         self._warned = set()
+
+    @staticmethod
+    def _check_model(model):
+        if not isinstance(model, RevMLP):
+            raise TypeError(
+                f"ExactGN needs a revgn.RevMLP (its exact step inverts reversible couplings); got "
+                f"{type(model).__name__}. For any other nn.Module use revgn.EGN.")
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -328,7 +338,7 @@ class ExactGN(torch.optim.Optimizer):
         dW, db = sol.parameter_update(A, self.ops)
         if self.noise:
             dW, db = self._add_noise(dW), (self._add_noise(db) if db is not None else None)
-        if not all_finite(dW) or (db is not None and not all_finite(db)):
+        if not self.model.all_finite(dW, db):
             raise NonFiniteStepError("a non-finite update was produced")
         return dW, db, None
 
