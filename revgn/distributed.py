@@ -6,7 +6,9 @@ replicated ``b`` and ``U``. With ``A_r = s(u C_r)`` (n x M_r), a coupling is a s
 
     F(u) = s(u C) W^T + b = sum_r A_r W_r^T + b
 
-so every product that ends in ``h`` columns is a partial sum, completed by one all-reduce:
+so every product that ends in ``h`` columns is a partial sum, completed by one all-reduce.
+The step is ``ExactGN``'s own code (``revgn.sweep``, ``revgn.exact_gn``): ``ShardedCoupling``
+and ``ShardedRevMLP`` answer the sweep's questions about a coupling and a model with the sums:
 
 - forward: ``sum_r A_r W_r^T``, an (n, h) all-reduce per coupling; ``b`` is added once, after it;
 - sweep, inversion with tangent (DESIGN §3 steps 1-2): ``x = y - b - sum_r A_r W_r^T`` and
@@ -14,18 +16,29 @@ so every product that ends in ``h`` columns is a partial sum, completed by one a
   all-reduce. The top block's primal is the forward's (only its tangents are reduced, (n, h)
   each) and the bottom block's F needs no inversion at all (only its local ``A_r``);
 - solve (DESIGN §3.1): ``K = sum_r A_r A_r^T + 1 1^T``, an all-reduce of the lower triangle
-  of the symmetric (n, n) partials (``n (n + 1) / 2`` elements); ``Z = K^+ T`` is
-  solved redundantly on every rank from identical inputs, so every rank holds the same ``Z``;
-  each rank updates its own slice, ``W_r += alpha Z^T A_r``, and ``b += alpha 1^T Z``
-  identically everywhere: the update itself needs no communication;
+  of the symmetric (n, n) partials (``n (n + 1) / 2`` elements; ``SolverConfig.gram_reduce``);
+  ``Z = K^+ T`` is solved redundantly on every rank from identical inputs, so every rank holds
+  the same ``Z``; each rank updates its own slice, ``W_r += alpha Z^T A_r``, and
+  ``b += alpha 1^T Z`` identically everywhere: the update itself needs no communication. The
+  top block's F target ``T1 = e R`` (``R = U_1^T``, rank ``k``) stays factored:
+  ``dW_r = R^T (Ze^T A_r)`` with ``Ze = K^+ e``;
 - the F-to-G cross-term ``K' = (s'(Y1 C_G) * ((A~_F D_F) C_G)) W_G^T``, only when F's solve is
-  inexact: one more (n, h) all-reduce.
+  inexact: one more (n, h) all-reduce;
+- a linear coupling with a bottleneck (the paper's first block) is folded:
+  ``C W^T = sum_r C_r W_r^T`` is one (h, h) all-reduce per step (all folded couplings stacked),
+  after which its forward, inversion and pushes are local; its solve runs in the span of
+  ``[u, 1]`` with ``C C^T = sum_r C_r C_r^T`` reduced once and kept, and
+  ``dW_r = (Z^T u) C_r``;
+- an update formed explicitly (folded, factored) is checked for finiteness on every rank
+  together (one element): a slice may overflow on one rank alone.
 
-``A_r`` never leaves its rank. The sharded step equals ``ExactGN``'s on the same batch, with
-the Gram solvers (``cholesky``, ``eigh``, ``damped``) and ``n <= M + 1``.
+Every branch of the step (exactness, truncation, drift re-runs, non-finite verdicts) is taken on
+replicated values, so the ranks never disagree on which collective comes next. ``A_r`` never
+leaves its rank. The sharded step equals ``ExactGN``'s on the same batch, with the Gram solvers
+and ``n <= M + 1``; ``DistributedExactGN`` says what it does not support and why.
 
-Launch with ``torchrun --nproc_per_node=N -m revgn.distributed`` (gloo on CPU, NCCL on GPU);
-docs/DISTRIBUTED.md derives the communication volume.
+Launch with ``torchrun --nproc_per_node=N -m revgn.distributed_parity`` (gloo on CPU, NCCL on
+GPU); docs/DISTRIBUTED.md derives the communication volume.
 """
 from __future__ import annotations
 
@@ -36,15 +49,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from revgn.backend import check_backend_name
-from revgn.exact_gn import GNStepResult, NonFiniteStepError
-from revgn.losses import CURVATURES, LOSSES, batch_loss, output_step
-from revgn.model import ReversibleStack, RevMLP
-from revgn.ops import bind
-from revgn.solvers import GRAM_SOLVERS, SolverConfig, gram_rtol_floor, solve_gram
-from revgn.sweep import CouplingReport, TopBlock, relative_residual
-from revgn.validation import (all_finite, check_choice, check_features, check_nonnegative,
-                              check_targets)
+from revgn.exact_gn import ExactGN
+from revgn.model import Coupling, ReversibleStack, RevBlock, RevMLP
+from revgn.solvers import GRAM_SOLVERS, gram_rtol_floor
+from revgn.validation import check_choice
 
 __all__ = ["ShardedCoupling", "ShardedRevMLP", "DistributedExactGN", "shard_model",
            "shard_bounds", "init_process_group"]
@@ -58,12 +66,18 @@ def shard_bounds(width: int, world: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
-class ShardedCoupling(nn.Module):
-    """Columns ``lo:hi`` of one ``Coupling``: the partial output ``A_r W_r^T``,
-    ``A_r = s(u C_r)``. ``b`` is replicated and added once, after the sum over ranks."""
+class ShardedCoupling(Coupling):
+    """Columns ``lo:hi`` of one ``Coupling``: ``C_r``, ``W_r`` and ``A_r = s(u C_r)``, with ``b``
+    replicated. Every product that ends in ``h`` columns is this rank's partial sum, completed
+    by ``reduce`` (the owning ``ShardedRevMLP.reduce``); ``b`` is added once, after the sum.
 
-    def __init__(self, coupling, lo: int, hi: int):
-        super().__init__()
+    The operations the GN sweep asks of a coupling (``Coupling.forward_kept``, ``push``,
+    ``invert_with_tangent``) are the whole coupling's: a folded one (``fold = sum_r C_r W_r^T``,
+    already summed by ``ShardedRevMLP.linear_folds``) needs no communication at all.
+    """
+
+    def __init__(self, coupling: Coupling, lo: int, hi: int, reduce):
+        nn.Module.__init__(self)
         W = coupling.W.detach()
         # Without a bottleneck F(u) = s(u) W^T: columns lo:hi of the identity select those of
         # u, so the ops (which take a C) serve both layouts.
@@ -75,29 +89,77 @@ class ShardedCoupling(nn.Module):
         self.activation = coupling.activation
         self._act = coupling._act
         self.lo, self.hi, self.full_width = lo, hi, coupling.width
-        # the rank bound is a property of the whole A~, not of a slice
+        self._reduce = reduce
+        # properties of the whole coupling, not of a slice: the rank bound of A~, and whether
+        # A = u C with a real bottleneck (the identity columns above are no bottleneck)
         self._max_rank = coupling.max_rank()
+        self._foldable = coupling.foldable()
 
     def max_rank(self) -> int | None:
         return self._max_rank
 
-    def preactivation(self, u):
-        return u @ self.C
+    def foldable(self) -> bool:
+        return self._foldable
 
-    def activations(self, u):
-        """``A_r = s(u C_r)`` (n x M_r): this rank's columns of ``A``."""
-        return self._act.fn(self.preactivation(u))
+    def folded(self) -> torch.Tensor:
+        """``C_r W_r^T``: this rank's term of ``C W^T`` (``ShardedRevMLP.linear_folds`` sums)."""
+        return super().folded()
 
     def partial(self, u):
         """``A_r W_r^T`` (n x h): this rank's term of ``F(u) - b``."""
         return self.activations(u) @ self.W.t()
 
+    def complete(self, partial):
+        """``sum_r partial_r + b`` (one (n, h) all-reduce)."""
+        out = self._reduce(partial)
+        return out.add_(self.b) if self.b is not None else out
 
-class ShardedBlock(nn.Module):
-    def __init__(self, block, lo: int, hi: int):
-        super().__init__()
-        self.F = ShardedCoupling(block.F, lo, hi)
-        self.G = ShardedCoupling(block.G, lo, hi)
+    def forward(self, u, fold=None):
+        if fold is not None:
+            return super().forward(u, fold)
+        return self.complete(self.partial(u))
+
+    def forward_kept(self, u, fold=None):
+        """``(P_r, A_r, F(u))``: this rank's pre-activations and activations, the whole output."""
+        if fold is not None:
+            return super().forward_kept(u, fold)
+        P = self.preactivation(u)
+        A = self._act.fn(P)
+        return P, A, self.complete(A @ self.W.t())
+
+    def push(self, pre, du, ops, fold=None, C=None):
+        """``k = sum_r (s'(P_r) * (du C_r)) W_r^T`` (one (n, h) all-reduce unless folded)."""
+        k = super().push(pre, du, ops, fold, C)
+        return k if fold is not None else self._reduce(k)
+
+    def invert_with_tangent(self, u, du, y, dy, ops, fold=None):
+        """``(x, dx, A_r, k)``: ``x = y - b - sum_r A_r W_r^T``, ``k = sum_r S_r W_r^T``,
+        ``dx = dy - k``, ``S_r = s'(u C_r) * (du C_r)``.
+
+        The op, run with ``y = dy = 0`` and no bias, returns this rank's ``-A_r W_r^T`` and
+        ``-S_r W_r^T``; one all-reduce of the two stacked (2n, h) sums them over ranks.
+        """
+        if fold is not None:
+            return super().invert_with_tangent(u, du, y, dy, ops, fold)
+        zeros = torch.zeros_like(y)
+        neg_x, neg_k, A, _ = ops.coupling_inverse_with_tangent(
+            u, du, zeros, zeros, self.C, self.W, None, self.activation)
+        n = y.shape[0]
+        both = self._reduce(torch.cat([neg_x, neg_k]))
+        x = y + both[:n]
+        if self.b is not None:
+            x = x - self.b
+        return x, dy + both[n:], A, -both[n:]
+
+
+class ShardedBlock(RevBlock):
+    """A ``RevBlock`` of ``ShardedCoupling``s: its ``forward`` and ``inverse`` are the whole
+    block's, each coupling output completed across ranks."""
+
+    def __init__(self, block: RevBlock, lo: int, hi: int, reduce):
+        nn.Module.__init__(self)
+        self.F = ShardedCoupling(block.F, lo, hi, reduce)
+        self.G = ShardedCoupling(block.G, lo, hi, reduce)
 
 
 class ShardedRevMLP(ReversibleStack):
@@ -105,7 +167,9 @@ class ShardedRevMLP(ReversibleStack):
 
     Built from a full model that every rank constructed identically (same seed); see
     ``shard_model``. ``forward`` and ``stream`` are not differentiable across ranks (their
-    all-reduces are outside autograd): the GN step needs no autograd.
+    all-reduces are outside autograd): the GN step needs no autograd. What the GN step asks of
+    the model (``linear_folds``, ``gram_reduce``, ``all_finite``) is summed or agreed over the
+    group, so that every rank takes the same branch of the shared step.
     """
 
     def __init__(self, model: RevMLP, group=None):
@@ -119,15 +183,10 @@ class ShardedRevMLP(ReversibleStack):
         self.half, self.bottleneck = model.half, model.bottleneck
         self.register_buffer("U", model.U.detach().clone())
         lo, hi = shard_bounds(model.bottleneck, self.world, self.rank)
-        self.blocks = nn.ModuleList(ShardedBlock(block, lo, hi) for block in model.blocks)
+        self.blocks = nn.ModuleList(ShardedBlock(block, lo, hi, self.reduce)
+                                    for block in model.blocks)
         #: elements all-reduced so far by ``reduce`` (the payload, not the wire traffic)
         self.reduced_elements = 0
-
-    def couplings(self):
-        """``(block index, name, sharded coupling)`` in forward order, as ``RevMLP.couplings``."""
-        for l, block in enumerate(self.blocks):
-            yield l, "F", block.F
-            yield l, "G", block.G
 
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over the group, in place; returns it."""
@@ -146,53 +205,49 @@ class ShardedRevMLP(ReversibleStack):
         out[cols, rows] = packed
         return out
 
-    def coupling_output(self, c: ShardedCoupling, u):
-        """``F(u) = sum_r A_r W_r^T + b``: one (n, h) all-reduce."""
-        return self._complete(c.partial(u), c)
+    @property
+    def gram_reduce(self):
+        """``K = sum_r A_r A_r^T`` (and ``C C^T = sum_r C_r C_r^T``): ``reduce_symmetric``."""
+        return self.reduce_symmetric
 
-    def _complete(self, partial, c: ShardedCoupling):
-        """``sum_r partial_r + b``: ``b`` is added once, after the sum."""
-        out = self.reduce(partial)
-        return out.add_(c.b) if c.b is not None else out
+    def linear_folds(self) -> dict:
+        """``{coupling: C W^T = sum_r C_r W_r^T}`` for every folded coupling: one all-reduce of
+        the stacked (h, h) terms per step, after which a folded coupling's forward, inversion,
+        pushes and solve need no communication."""
+        couplings = [c for _, _, c in self.couplings() if c.foldable()]
+        if not couplings:
+            return {}
+        folds = self.reduce(torch.stack([c.folded() for c in couplings]))
+        return dict(zip(couplings, folds.unbind()))
+
+    def all_finite(self, *tensors) -> bool:
+        """Whether every rank's ``tensors`` are finite (one one-element all-reduce): a rank's
+        slice of an update may overflow alone, and every rank must then undo together."""
+        bad = 0.0 if super().all_finite(*tensors) else 1.0
+        flag = self.reduce(torch.tensor([bad], dtype=self.U.dtype, device=self.U.device))
+        return float(flag) == 0.0
 
     @torch.no_grad()
     def stream(self, x) -> torch.Tensor:
         """The output stream ``X_L`` (n x d), identical on every rank."""
-        return self.forward_for_sweep(x)[0]
+        return super().stream(x)
 
     @torch.no_grad()
     def forward(self, x) -> torch.Tensor:
-        return self.stream(x) @ self.U
-
-    @torch.no_grad()
-    def forward_for_sweep(self, x):
-        """``(X_L, top)``: the stream and the last block's local workspace (its inputs and
-        this rank's pre-activations and ``A_r``), so that the sweep need not invert it."""
-        x = check_features(x, self.in_features, self.U.dtype, self.U.device)
-        x1, x2 = x[:, :self.half], x[:, self.half:]
-        for block in self.blocks[:-1]:
-            x1 = x1 + self.coupling_output(block.F, x2)
-            x2 = x2 + self.coupling_output(block.G, x1)
-        F, G = self.blocks[-1].F, self.blocks[-1].G
-        P_F = F.preactivation(x2)
-        A_F = F._act.fn(P_F)
-        y1 = x1 + self._complete(A_F @ F.W.t(), F)
-        P_G = G.preactivation(y1)
-        A_G = G._act.fn(P_G)
-        y2 = x2 + self._complete(A_G @ G.W.t(), G)
-        return torch.cat([y1, y2], dim=1), TopBlock(x1, x2, y1, P_F, A_F, P_G, A_G)
+        return super().forward(x)
 
     @torch.no_grad()
     def gather_into(self, model: RevMLP) -> RevMLP:
         """Write the full ``W`` (all-gathered) and ``b`` of every coupling into ``model``, a
         ``RevMLP`` of the same shape; a collective, so every rank must call it."""
         for (_, _, full), (_, _, part) in zip(model.couplings(), self.couplings()):
-            full.W.copy_(self._gather_columns(part.W))
+            full.W.copy_(self.gather_columns(part.W))
             if part.b is not None:
                 full.b.copy_(part.b)
         return model
 
-    def _gather_columns(self, W):
+    def gather_columns(self, W):
+        """The whole ``(h, M)`` from every rank's ``(h, M_r)`` columns (a collective)."""
         sizes = [hi - lo for lo, hi in (shard_bounds(self.bottleneck, self.world, r)
                                         for r in range(self.world))]
         # all_gather wants equal sizes: pad every slice to the widest, trim after
@@ -239,183 +294,65 @@ def shard_model(model: RevMLP, group=None, check: bool = True) -> ShardedRevMLP:
     return ShardedRevMLP(model, group)
 
 
-class DistributedExactGN(torch.optim.Optimizer):
-    """``ExactGN`` on a ``ShardedRevMLP``: the same step (DESIGN §3), every rank computing its
-    columns of every coupling (see the module docstring for the communication).
+class DistributedExactGN(ExactGN):
+    """``ExactGN`` on a ``ShardedRevMLP``: the same step (DESIGN §3), the same code, every rank
+    computing its columns of every coupling (see the module docstring for the communication).
 
-    Every rank must call ``step`` with the same batch. Options are ``ExactGN``'s where they
-    apply: ``loss``, ``curvature``, ``damping``, ``solver`` (``cholesky``, ``eigh``,
-    ``damped``), ``rtol``, ``atol``, ``pinv_damping``, ``pinv_damping_relative``,
-    ``step_scaling`` (``"function"``: ``theta -= (lr / L) D``; ``"per_block"``:
-    ``theta -= lr D``), ``weight_decay`` (decoupled, ``theta -= lr wd theta``), ``backend``,
-    ``on_nonfinite``. The batch must satisfy ``n <= M + 1`` (the Gram route).
+    Every rank must call ``step`` (or ``step(closure)``, ``direction``) with the same batch;
+    every rank returns the same ``GNStepResult``. ``direction`` returns this rank's slices of
+    the ``W`` changes and the whole ``b`` changes. Options are ``ExactGN``'s where they apply:
+    ``loss``, ``curvature``, ``damping``, ``solver`` (the Gram ones: ``cholesky``, ``eigh``,
+    ``damped``, ``projector``), ``rtol``, ``atol``, ``pinv_damping``, ``pinv_damping_relative``,
+    ``step_scaling``, ``weight_decay``, ``backend``, ``on_nonfinite``, ``anchor_every``,
+    ``drift_tol``. As in ``ExactGN``: linear couplings are folded (their solve runs in the span
+    of ``[u, 1]``), the top block's F target is kept factored (``T1 = e U_1^T``), a step whose
+    rebuilt input drifts past ``drift_tol`` is undone and redone with anchors, the op table is
+    bound again when the model moves to another device.
+
+    Not supported, because each needs the whole ``A~`` (``n x (M + 1)``) on one rank, which
+    no rank holds: the ``svd``, ``qr``, ``rsvd`` and ``transpose`` solvers; an ``rtol`` finer
+    than the Gram resolves (``ExactGN`` sends it to ``qr``; refused with a ValueError); the
+    ``qr`` escalation of a coupling truncated only by the Gram's floor and the float64
+    refinement of a solve (the sharded step keeps the Gram's answer and reports its residual);
+    a batch taller than ``M + 1`` (``ExactGN`` solves it on the ``(M+1) x (M+1)`` Gram
+    ``A~^T A~``, whose blocks pair every rank's columns with every other's; refused). Also not
+    offered: ``tangent_mode="autodiff"`` (the all-reduces are outside autograd) and ``noise``
+    (a per-slice RMS would differ from the whole update's).
     """
 
     def __init__(self, model: ShardedRevMLP, lr: float = 1.0, loss: str = "cross_entropy",
                  curvature: str = "identity", damping: float = 0.0, solver: str = "cholesky",
                  rtol: float = 0.0, atol: float = 0.0, pinv_damping: float = 0.0,
                  pinv_damping_relative: bool = True, step_scaling: str = "function",
-                 weight_decay: float = 0.0, backend: str = "auto", on_nonfinite: str = "raise"):
-        if not isinstance(model, ShardedRevMLP):
-            raise TypeError(f"DistributedExactGN needs a ShardedRevMLP (revgn.distributed."
-                            f"shard_model); got {type(model).__name__}")
-        check_choice(loss, "loss", LOSSES)
-        check_choice(curvature, "curvature", CURVATURES)
+                 weight_decay: float = 0.0, backend: str = "auto", on_nonfinite: str = "raise",
+                 anchor_every: int | None = None, drift_tol: float = 1e-3):
+        self._check_model(model)
         check_choice(solver, "solver", GRAM_SOLVERS)
-        check_choice(step_scaling, "step_scaling", ("function", "per_block"))
-        check_choice(on_nonfinite, "on_nonfinite", ("raise", "skip"))
-        check_backend_name(backend)
-        for name, value in (("lr", lr), ("damping", damping), ("rtol", rtol), ("atol", atol),
-                            ("weight_decay", weight_decay), ("pinv_damping", pinv_damping)):
-            check_nonnegative(value, name)
-        if curvature != "identity" and loss != "cross_entropy":
-            raise ValueError(f"curvature={curvature!r} applies to loss='cross_entropy' only")
-        if curvature == "damped" and damping <= 0:
-            raise ValueError("curvature='damped' needs damping > 0")
-        if solver == "damped" and pinv_damping <= 0:
-            raise ValueError("solver='damped' needs pinv_damping > 0")
         floor = gram_rtol_floor(model.U.dtype)
         if solver != "damped" and 0.0 < rtol < floor:
             # ExactGN would take the QR route of the whole A~, which lives on no single rank
             raise ValueError(f"rtol={rtol:g} is finer than the Gram of {model.U.dtype} "
                              f"resolves ({floor:.1e}); the sharded step solves on the Gram")
-        super().__init__(model.parameters(), dict(lr=lr, weight_decay=weight_decay))
-        self.model, self.loss, self.curvature, self.damping = model, loss, curvature, damping
-        self.step_scaling, self.backend, self.on_nonfinite = step_scaling, backend, on_nonfinite
-        self.solver_config = SolverConfig(
-            solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
-            pinv_damping_relative=pinv_damping_relative, ops=bind(backend, model.U.device),
-            gram_reduce=model.reduce_symmetric)
+        super().__init__(model, lr=lr, loss=loss, curvature=curvature, damping=damping,
+                         solver=solver, rtol=rtol, atol=atol, pinv_damping=pinv_damping,
+                         pinv_damping_relative=pinv_damping_relative,
+                         step_scaling=step_scaling, weight_decay=weight_decay, backend=backend,
+                         on_nonfinite=on_nonfinite, anchor_every=anchor_every,
+                         drift_tol=drift_tol)
 
-    # -- the step ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_model(model):
+        if not isinstance(model, ShardedRevMLP):
+            raise TypeError(f"DistributedExactGN needs a ShardedRevMLP (revgn.distributed."
+                            f"shard_model); got {type(model).__name__}")
 
-    @torch.no_grad()
-    def step(self, x, y) -> GNStepResult:  # noqa: D401 - signature differs from Optimizer.step
-        """One GN step on the batch ``(x, y)`` (the same on every rank); returns the same
-        ``GNStepResult`` on every rank.
-
-        Each coupling's update is applied as soon as it is solved; a non-finite solution (the
-        same verdict on every rank: ``Z`` is replicated) undoes the couplings already updated,
-        rebuilding their ``A_r`` locally from the coupling inputs.
-        """
-        m = self.model
-        x = check_features(x, m.in_features, m.U.dtype, m.U.device)
-        y = check_targets(y, x.shape[0], self.loss, m.num_classes, m.U.dtype, m.U.device)
-        n = x.shape[0]
-        if n > m.bottleneck + 1:
-            raise ValueError(f"batch {n} exceeds M + 1 = {m.bottleneck + 1}: the sharded step "
-                             "solves on the n x n Gram; use a batch of at most M + 1")
-        X, top = m.forward_for_sweep(x)
-        logits = X @ m.U
-        if not all_finite(logits):
-            return self._nonfinite(GNStepResult(loss=float("nan")), "the model's outputs are "
-                                   "not finite at these parameters", [])
-        result = GNStepResult(loss=float(batch_loss(logits, y, self.loss)))
-        E = output_step(logits, y, self.loss, self.curvature, self.damping,
-                        self.solver_config.ops) @ m.U.t()
-        applied = []
-        sweep = self._sweep(X, E, top)
-        del top, logits  # the sweep holds the top block's workspace until it is used
-        for index, couplings, X2 in sweep:
-            for name, c, u, A, sol, target in couplings:
-                result.blocks.append(CouplingReport(
-                    index, name, sol.residual, sol.rank, n,
-                    sol.method, sol.exact))
-                if not sol.finite:
-                    return self._nonfinite(result, f"block {index} coupling {name} produced a "
-                                           "non-finite solution", applied)
-                self._apply(c, A, sol.Z, sign=1.0)
-                applied.append((c, u, sol.Z))
-            del couplings, A, sol  # one block's (n, M_r) workspace alive at a time
-        # the bottom block rebuilds only the X2 half of the input, as in ExactGN
-        result.inversion_error = relative_residual(X2, x[:, m.half:])
-        result._order_blocks()
-        state = self.state[self.param_groups[0]["params"][0]]
-        state["step"] = state.get("step", 0) + 1
-        return result
-
-    def _sweep(self, X, E, top: TopBlock):
-        """Yield ``(index, couplings, X2)`` per block, last block first; ``couplings`` holds
-        ``(name, coupling, input, A_r, solution, target)`` for F and G (DESIGN §3 steps 1-4)."""
-        m, cfg, reduce = self.model, self.solver_config, self.model.reduce
-        Y1, Y2 = X[:, :m.half], X[:, m.half:]
-        T1, T2 = E[:, :m.half], E[:, m.half:]
-        for index in reversed(range(m.depth)):
-            F, G = m.blocks[index].F, m.blocks[index].G
-            bottom = index == 0
-            P_G = None
-            if top is not None:  # the forward's primal: push the tangents only
-                X1, X2, A_F, A_G, P_G = top.X1, top.X2, top.A_F, top.A_G, top.P_G
-                K = reduce(self._tangent(G, P_G, T1))
-                dX2 = T2 - K
-                dX1 = None if bottom else T1 - reduce(self._tangent(F, top.P_F, dX2))
-                top = None
-            else:
-                X2, dX2, A_G, K = self._invert(G, Y1, T1, Y2, T2)
-                if bottom:  # nothing reads the input tangent of the bottom F: A_F alone
-                    X1, dX1, A_F = None, None, F.activations(X2)
-                else:
-                    X1, dX1, A_F, _ = self._invert(F, X2, dX2, Y1, T1)
-            sol_F = solve_gram(A_F, T1, F.b is not None, cfg, F.max_rank())
-            if sol_F.exact:  # A~_F D_F = T1: the cross-term is G's tangent K already
-                K_cross = K
-            else:
-                P_G = G.preactivation(Y1) if P_G is None else P_G
-                K_cross = reduce(self._tangent(G, P_G, sol_F.realized))
-            target_G = T2 - K_cross
-            sol_G = solve_gram(A_G, target_G, G.b is not None, cfg, G.max_rank())
-            yield index, (("F", F, X2, A_F, sol_F, T1), ("G", G, Y1, A_G, sol_G, target_G)), X2
-            del A_F, A_G, sol_F, sol_G
-            Y1, Y2, T1, T2 = X1, X2, dX1, dX2
-
-    def _tangent(self, c: ShardedCoupling, pre, du):
-        """This rank's term of ``k = (s'(P) * (du C)) W^T``; ``pre`` is not modified."""
-        return self.solver_config.ops.coupling_tangent(pre, du, c.C, c.W, c.activation)
-
-    def _invert(self, c: ShardedCoupling, u, du, y, dy):
-        """``(x, dx, A_r, k)``: ``x = y - b - sum_r A_r W_r^T``, ``k = sum_r S_r W_r^T``,
-        ``dx = dy - k``, ``S_r = s'(u C_r) * (du C_r)``.
-
-        The op, run with ``y = dy = 0`` and no bias, returns this rank's ``-A_r W_r^T`` and
-        ``-S_r W_r^T``; one all-reduce of the two stacked (2n, h) sums them over ranks.
-        """
-        zeros = torch.zeros_like(y)
-        neg_x, neg_k, A, _ = self.solver_config.ops.coupling_inverse_with_tangent(
-            u, du, zeros, zeros, c.C, c.W, None, c.activation)
-        n = y.shape[0]
-        both = self.model.reduce(torch.cat([neg_x, neg_k]))
-        x = y + both[:n]
-        if c.b is not None:
-            x = x - c.b
-        return x, dy + both[n:], A, -both[n:]
-
-    def _scale(self) -> float:
-        lr = self.param_groups[0]["lr"]
-        return lr / self.model.depth if self.step_scaling == "function" else lr
-
-    def _apply(self, c: ShardedCoupling, A, Z, sign: float):
-        """``theta <- (1 - lr wd) theta - scale D`` on this rank's slice (``W_r``, ``b``);
-        ``sign=-1`` undoes it."""
-        group = self.param_groups[0]
-        decay = group["lr"] * group["weight_decay"]
-        params = [c.W] + ([c.b] if c.b is not None else [])
-        if decay and sign > 0:
-            for p in params:
-                p.mul_(1 - decay)
-        self.solver_config.ops.jt_update_(c.W, c.b, A, Z, -sign * self._scale())
-        if decay and sign < 0:
-            for p in params:
-                p.div_(1 - decay)
-
-    def _nonfinite(self, result: GNStepResult, why: str, applied) -> GNStepResult:
-        for c, u, Z in reversed(applied):
-            self._apply(c, c.activations(u), Z, sign=-1.0)
-        if self.on_nonfinite == "raise":
-            raise NonFiniteStepError(f"{why}; the parameters were left unchanged "
-                                     "(on_nonfinite='skip' reports instead of raising)")
-        result._order_blocks()
-        result.applied, result.skipped_reason = False, why
-        return result
+    def _prepare(self, x, y):
+        x, y = super()._prepare(x, y)
+        if x.shape[0] > self.model.bottleneck + 1:
+            raise ValueError(f"batch {x.shape[0]} exceeds M + 1 = {self.model.bottleneck + 1}: "
+                             "the sharded step solves on the n x n Gram; use a batch of at most "
+                             "M + 1")
+        return x, y
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 120.0):

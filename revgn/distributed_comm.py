@@ -22,27 +22,51 @@ from __future__ import annotations
 import argparse
 
 PAPER_SHAPES = {
-    "MNIST": dict(n=1024, d=784, M=8000, L=2),
-    "CIFAR-10": dict(n=1024, d=3072, M=8000, L=6),
+    "MNIST": dict(n=1024, d=784, M=8000, L=2, k=10),
+    "CIFAR-10": dict(n=1024, d=3072, M=8000, L=6, k=10),
 }
 
 
-def tensor_parallel_elements(n: int, h: int, L: int, inexact_blocks: int = 0) -> dict:
+def tensor_parallel_elements(n: int, h: int, L: int, inexact_blocks: int = 0,
+                             folded_blocks=(), k: int | None = None, span_solve: bool = True,
+                             first_step: bool = False) -> dict:
     """All-reduced elements per step of ``DistributedExactGN`` (what ``reduce`` counts).
 
-    forward: (n, h) per coupling. Sweep: the top block pushes tangents only, (n, h) for G and,
-    when a block lies below, for F; every other block reduces (2n, h) for G and, unless it is
-    the bottom one (which needs only its local ``A_F``), for F. Gram: the lower triangle of
-    (n, n), ``n (n + 1) / 2``, per coupling. Cross-term: (n, h) per block whose F solve is
-    inexact.
+    A block in ``folded_blocks`` (linear couplings with a bottleneck, e.g. the paper's first)
+    sums ``C W^T`` once per step, ``h^2`` per coupling (``folds``), and then needs nothing else:
+    its forward, inversion, pushes and cross-term go through that ``h x h`` product, and its
+    solve runs in the span of ``[u, 1]`` with ``C C^T`` summed once (``h (h + 1) / 2`` per
+    coupling, on the ``first_step`` only). With a solver that needs ``A`` (``span_solve`` False:
+    ``damped``) a folded coupling solves on the reduced Gram like any other.
+
+    Every other block: forward (n, h) per coupling. Sweep: the top block pushes tangents only,
+    (n, h) for G and, when a block lies below, for F; a middle block reduces (2n, h) for G and
+    F; the bottom one (2n, h) for G (its F needs only its local ``A_F``). Gram: the lower
+    triangle of (n, n), ``n (n + 1) / 2``, per coupling. Cross-term: (n, h) per block
+    (``inexact_blocks``, counted among these) whose F solve is inexact.
+
+    ``flags``: one element per update formed explicitly, whose finiteness every rank must agree
+    on: each folded coupling's, and the top F's when its target is kept factored (``k < h``
+    classes and the top block not folded).
     """
     nh = n * h
-    forward = 2 * L * nh
-    sweep = nh if L == 1 else 2 * nh + 4 * nh * (L - 2) + 2 * nh
-    gram = 2 * L * n * (n + 1) // 2
-    cross = inexact_blocks * nh
-    return dict(forward=forward, sweep=sweep, gram=gram, cross=cross,
-                total=forward + sweep + gram + cross)
+    folded = set(folded_blocks)
+    whole = [l for l in range(L) if l not in folded]
+    sweep = 0
+    for l in whole:
+        if l == L - 1:
+            sweep += nh if L == 1 else 2 * nh
+        else:
+            sweep += 2 * nh if l == 0 else 4 * nh
+    gram_couplings = 2 * len(whole) + (0 if span_solve else 2 * len(folded))
+    out = dict(
+        forward=2 * len(whole) * nh, folds=2 * len(folded) * h * h, sweep=sweep,
+        gram=gram_couplings * n * (n + 1) // 2,
+        bottleneck_gram=2 * len(folded) * h * (h + 1) // 2 if span_solve and first_step else 0,
+        cross=inexact_blocks * nh,
+        flags=2 * len(folded) + (1 if k is not None and k < h and L - 1 not in folded else 0))
+    out["total"] = sum(out.values())
+    return out
 
 
 def data_parallel_elements(n: int, h: int, M: int, L: int, split_solve: bool = False) -> dict:
@@ -76,21 +100,22 @@ def macs_per_rank(scheme: str, n: int, h: int, M: int, L: int, world: int) -> fl
     return 2 * L * (split / world + (stream + solve_side - split) + small)
 
 
-def scheme_rows(n: int, d: int, M: int, L: int):
+def scheme_rows(n: int, d: int, M: int, L: int, k: int):
     """``(label, scheme, payload elements, wire factor)`` for one shape; the wire factor is 2
     for a ring all-reduce and 1 for an all-gather (times ``(w - 1) / w`` per rank)."""
     h = d // 2
     tp = "tensor parallel"
-    rows = [("tensor parallel, every F solve exact", tp, tensor_parallel_elements(n, h, L)["total"],
-             2)]
-    # a block's F is inexact when its A~ is rank deficient: the linear first block's A~ has
-    # rank <= h + 1 (DESIGN §3.1); a truncating rtol can make any block inexact
-    if h + 1 < n:
-        rows.append(("tensor parallel, first block's F inexact (n > h + 1)", tp,
-                     tensor_parallel_elements(n, h, L, 1)["total"], 2))
-    return rows + [
-        (f"tensor parallel, all {L} F solves inexact", tp,
-         tensor_parallel_elements(n, h, L, L)["total"], 2),
+
+    def elements(**kw):
+        return tensor_parallel_elements(n, h, L, k=k, **kw)["total"]
+    # the paper's first block is linear: folded, it costs h^2 per coupling and nothing more; a
+    # block's F solve is inexact when its A~ is rank deficient or a truncating rtol cuts it
+    return [
+        ("tensor parallel, no block folded, every F solve exact", tp, elements(), 2),
+        ("tensor parallel, first block folded (paper), other F solves exact", tp,
+         elements(folded_blocks=(0,)), 2),
+        ("tensor parallel, first block folded (paper), the other F solves inexact", tp,
+         elements(folded_blocks=(0,), inexact_blocks=L - 1), 2),
         ("data parallel (all-gather A, T)", "data parallel",
          data_parallel_elements(n, h, M, L)["total"], 1),
         ("data parallel, solve split (+ K, dW)", "data parallel, solve split",

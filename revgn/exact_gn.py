@@ -7,7 +7,6 @@ split over ranks: ``revgn.distributed.DistributedExactGN`` is this class on a
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 

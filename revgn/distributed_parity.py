@@ -1,5 +1,6 @@
-"""Parity of ``DistributedExactGN`` with one-process ``ExactGN``, a loopback launcher, and the
-``torchrun -m revgn.distributed`` entry point.
+"""The multi-process parity harness of ``DistributedExactGN`` against one-process ``ExactGN``:
+the cases, the comparison, a loopback launcher (``run_local``) and the
+``torchrun -m revgn.distributed_parity`` entry point.
 
 Every rank builds the same ``RevMLP`` from a seed, shards it, and trains on the same seeded
 batches; rank 0 then replays the steps with ``ExactGN`` on the full model and compares.
@@ -22,6 +23,7 @@ from revgn.distributed import DistributedExactGN, init_process_group, shard_boun
 from revgn.distributed_comm import tensor_parallel_elements
 from revgn.exact_gn import ExactGN
 from revgn.model import RevMLP
+from revgn.solvers import GRAM_SOLVERS
 
 
 @dataclass
@@ -38,13 +40,19 @@ class ParityCase:
     lr: float = 0.5
     seed: int = 0
     bottleneck: bool = True
+    init_std: float = 0.3
+    #: the paper's linear first block (its couplings are folded) unless set to a nonlinear one
+    first_activation: str = "identity"
+    #: step through ``step(closure)`` on the sharded side (one process steps on ``(x, y)``)
+    closure: bool = False
     #: std of the initial biases (RevMLP starts them at 0; nonzero ones show b is added once)
     bias_std: float = 0.1
     options: dict = field(default_factory=dict)
 
     def model(self, device="cpu") -> RevMLP:
         torch.manual_seed(self.seed)
-        model = RevMLP(self.d, self.k, depth=self.depth, bottleneck=self.M, init_std=0.3,
+        model = RevMLP(self.d, self.k, depth=self.depth, bottleneck=self.M,
+                       init_std=self.init_std, first_activation=self.first_activation,
                        inverted_bottleneck=self.bottleneck).to(device, getattr(torch, self.dtype))
         g = torch.Generator().manual_seed(self.seed + 2)
         with torch.no_grad():
@@ -76,13 +84,49 @@ def _thetas(model):
             for _, _, c in model.couplings()]
 
 
+def _per_coupling(tensors):
+    """``[W, b]`` pairs of a list in ``model.parameters()`` order, each flattened into one."""
+    return [torch.cat([w.flatten(), b.flatten()]) for w, b in zip(tensors[::2], tensors[1::2])]
+
+
 def _replay(model, case: ParityCase, device, dtype=None):
-    """``ExactGN`` on ``model`` over the case's batches (cast to ``dtype`` if given)."""
+    """``(optimizer, results)``: ``ExactGN`` on ``model`` over the case's batches (cast to
+    ``dtype`` if given)."""
     opt = ExactGN(model, **case.optimizer_kwargs())
     with warnings.catch_warnings():  # rank reports are compared, not announced
         warnings.simplefilter("ignore", RuntimeWarning)
-        return [opt.step(x.to(dtype or x.dtype), y.to(dtype) if y.is_floating_point() and dtype
-                         else y) for x, y in case.batches(device)]
+        return opt, [opt.step(x.to(dtype or x.dtype), y.to(dtype) if y.is_floating_point() and
+                              dtype else y) for x, y in case.batches(device)]
+
+
+def _sharded_steps(opt: DistributedExactGN, case: ParityCase, device):
+    """``(results, reduced elements per step, last batch)`` of the case on the sharded side."""
+    model, results, reduced = opt.model, [], []
+    for x, y in case.batches(device):
+        before = model.reduced_elements
+        results.append(opt.step(lambda: (x, y)) if case.closure else opt.step(x, y))
+        reduced.append(model.reduced_elements - before)
+    return results, reduced, (x, y)
+
+
+def _predicted(case: ParityCase, model: RevMLP, results) -> list:
+    """All-reduced elements of each step from ``distributed_comm``, given what each step did:
+    which couplings were folded and solved in their span, which F solves were inexact, and
+    which steps were redone with anchors (twice the traffic; ``C C^T`` is summed once)."""
+    folded = [l for l, block in enumerate(model.blocks) if block.F.foldable()]
+    span = all(r.method.startswith("linear") for r in results[0].blocks if r.block in folded)
+
+    def elements(result, first):
+        inexact = sum(not r.exact for r in result.blocks
+                      if r.coupling == "F" and r.block not in folded)
+        return tensor_parallel_elements(case.n, case.d // 2, case.depth, inexact, folded,
+                                        case.k, span, first)["total"]
+    return [elements(r, i == 0) + (elements(r, False) if r.reanchored else 0)
+            for i, r in enumerate(results)]
+
+
+def _report_key(r):
+    return r.block, r.coupling, r.rank, r.exact, r.method
 
 
 def parity(case: ParityCase, device="cpu") -> dict | None:
@@ -92,12 +136,14 @@ def parity(case: ParityCase, device="cpu") -> dict | None:
     ``forward``: the sharded forward against the full one, before training. After
     ``case.steps`` steps: ``W``, the largest over the gathered ``W``'s; ``theta``, over every
     coupling's ``[W, b]``; ``tensors``, over every parameter tensor (``b``'s included);
-    ``losses``, over the per-step losses. ``reports``: every coupling's rank and exactness
-    agree. For float32, ``float64``: ``theta`` of the sharded and of the one-process runs
-    against ``ExactGN`` in float64 from the same start. ``replica_spread``: how far the
-    replicated ``b``'s ended apart across ranks. ``reduced_per_step`` against
-    ``predicted_per_step``: all-reduced elements per step, counted and from
-    ``distributed_comm``.
+    ``losses``, over the per-step losses; ``direction``, over every coupling's ``[dW, db]`` of
+    ``direction()`` on the last batch after the steps. ``reports``: every coupling's rank,
+    exactness and route, and every step's anchoring (``anchor_every``, ``reanchored``) agree;
+    ``methods``: the routes the sharded step took. For float32, ``float64``: ``theta`` and the
+    direction of the sharded and of the one-process runs against ``ExactGN`` in float64 from
+    the same start. ``replica_spread``: how far the replicated ``b``'s ended apart across
+    ranks. ``reduced_per_step`` against ``predicted_per_step``: all-reduced elements of each
+    step, counted and from ``distributed_comm``.
     """
     full = case.model(device)
     initial = copy.deepcopy(full)
@@ -105,14 +151,19 @@ def parity(case: ParityCase, device="cpu") -> dict | None:
     x0 = next(case.batches(device))[0]
     forward = _rel(sharded(x0), full(x0))
     opt = DistributedExactGN(sharded, **case.optimizer_kwargs())
-    sharded.reduced_elements = 0
-    results = [opt.step(x, y) for x, y in case.batches(device)]
-    reduced = sharded.reduced_elements
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results, reduced, (x, y) = _sharded_steps(opt, case, device)
+        deltas = [sharded.gather_columns(d) if d.dim() == 2 else d
+                  for d in opt.direction(x, y)[0]]
     gathered = sharded.gather_into(copy.deepcopy(initial))
     spread = sharded.replica_spread()
     if dist.get_rank() != 0:
         return None
-    reference = _replay(full, case, device)
+    reference_opt, reference = _replay(full, case, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference_deltas = reference_opt.direction(x, y)[0]
     W_pairs = [(g.W, f.W) for (_, _, g), (_, _, f) in zip(gathered.couplings(), full.couplings())]
     out = dict(
         case=asdict(case), world=dist.get_world_size(), forward=forward,
@@ -121,21 +172,29 @@ def parity(case: ParityCase, device="cpu") -> dict | None:
         tensors=max(_rel(a, b) for a, b in zip(gathered.parameters(), full.parameters())),
         losses=max(abs(a.loss - b.loss) / max(abs(b.loss), 1e-300)
                    for a, b in zip(results, reference)),
-        reports=all((a.block, a.coupling, a.rank, a.exact) == (b.block, b.coupling, b.rank,
-                                                              b.exact)
-                    for r, s in zip(results, reference) for a, b in zip(r.blocks, s.blocks)),
+        direction=max(_rel(a, b) for a, b in zip(_per_coupling(deltas),
+                                                  _per_coupling(reference_deltas))),
+        reports=all([_report_key(a) for a in r.blocks] == [_report_key(b) for b in s.blocks]
+                    and (r.anchor_every, r.reanchored) == (s.anchor_every, s.reanchored)
+                    for r, s in zip(results, reference)),
+        methods=sorted({b.method for r in results for b in r.blocks}),
+        reanchored=[r.reanchored for r in results],
         replica_spread=spread, loss_per_step=[r.loss for r in results],
-        reduced_per_step=reduced / len(results),
-        predicted_per_step=sum(tensor_parallel_elements(
-            case.n, case.d // 2, case.depth,
-            inexact_blocks=sum(not b.exact for b in r.blocks if b.coupling == "F"))["total"]
-            for r in results) / len(results))
+        reduced_per_step=reduced, predicted_per_step=_predicted(case, full, results))
     if case.dtype == "float32":
         exact = initial.double()
-        _replay(exact, case, device, torch.float64)
+        exact_opt, _ = _replay(exact, case, device, torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            exact_deltas = _per_coupling(exact_opt.direction(
+                x.double(), y.double() if y.is_floating_point() else y)[0])
         out["float64"] = dict(
             distributed=max(_rel(a, b) for a, b in zip(_thetas(gathered), _thetas(exact))),
-            single=max(_rel(a, b) for a, b in zip(_thetas(full), _thetas(exact))))
+            single=max(_rel(a, b) for a, b in zip(_thetas(full), _thetas(exact))),
+            direction_distributed=max(_rel(a, b) for a, b in zip(_per_coupling(deltas),
+                                                                 exact_deltas)),
+            direction_single=max(_rel(a, b) for a, b in zip(_per_coupling(reference_deltas),
+                                                            exact_deltas)))
     return out
 
 
@@ -188,7 +247,7 @@ def run_local(world: int, fn, *args, timeout_s: float = 60.0):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m revgn.distributed_check",
+        prog="torchrun --nproc_per_node=N -m revgn.distributed_parity",
         description="Train a seeded RevMLP tensor-parallel over the bottleneck for a few GN "
                     "steps; print the loss per step and, with --check, the gap to one process.")
     defaults = ParityCase()
@@ -202,18 +261,22 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", type=int, default=defaults.depth)
     parser.add_argument("--batch", type=int, default=defaults.n, help="n, at most M + 1")
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--solver", default="cholesky", choices=["cholesky", "eigh", "damped"])
+    parser.add_argument("--solver", default="cholesky", choices=list(GRAM_SOLVERS))
     parser.add_argument("--rtol", type=float, default=0.0)
     parser.add_argument("--pinv-damping", type=float, default=0.0, help="for --solver damped")
+    parser.add_argument("--anchor-every", type=int, default=None)
+    parser.add_argument("--first-activation", default=defaults.first_activation,
+                        help="activation of the first block (identity: folded)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--check", action="store_true",
                         help="rank 0 replays the steps with ExactGN in one process and compares")
     args = parser.parse_args(argv)
     case = ParityCase(loss=args.loss, dtype=args.dtype, d=args.width, k=args.classes,
                       M=args.bottleneck, depth=args.depth, n=args.batch, steps=args.steps,
-                      lr=args.lr, seed=args.seed,
+                      lr=args.lr, seed=args.seed, first_activation=args.first_activation,
                       options=dict(solver=args.solver, rtol=args.rtol,
-                                   pinv_damping=args.pinv_damping))
+                                   pinv_damping=args.pinv_damping,
+                                   anchor_every=args.anchor_every))
     backend = init_process_group()
     device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
     try:
@@ -234,19 +297,19 @@ def main(argv=None) -> int:
                 print(f"one process vs {report['world']} ranks, max relative difference: W "
                       f"{report['W']:.2e}, [W, b] {report['theta']:.2e}, any tensor "
                       f"{report['tensors']:.2e}, losses {report['losses']:.2e}, forward "
-                      f"{report['forward']:.2e}; ranks and exactness agree: {report['reports']}; "
-                      f"replica spread {report['replica_spread']:.1e}")
+                      f"{report['forward']:.2e}, direction {report['direction']:.2e}; ranks, "
+                      f"exactness, routes and anchoring agree: {report['reports']}; replica "
+                      f"spread {report['replica_spread']:.1e}")
                 if "float64" in report:
                     f64 = report["float64"]
                     print(f"[W, b] against ExactGN in float64: {report['world']} ranks "
                           f"{f64['distributed']:.2e}, one process {f64['single']:.2e}")
-                print(f"all-reduced elements per step: {report['reduced_per_step']:.0f} "
-                      f"(predicted {report['predicted_per_step']:.0f})")
+                print(f"all-reduced elements per step: {report['reduced_per_step']} "
+                      f"(predicted {report['predicted_per_step']})")
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
     return 0
-
 
 
 if __name__ == "__main__":
