@@ -502,20 +502,37 @@ def default_cifar10_dir() -> Path | None:
 # -- teacher-student (Arbel et al.) -------------------------------------------------------------
 
 def teacher_student(n_train: int = 500, n_test: int = 10000, dim: int = 10,
-                    teacher_units: int = 5, seed: int = 0) -> Dataset:
-    """Regression on Gaussian inputs ``x ~ N(0, I_dim)`` with targets from a one-hidden-layer
-    teacher ``y = (1/u) sum_j relu(w_j . x)`` with ``u`` units of unit-norm ``w_j``. The teacher
-    and both samples are drawn from ``seed``; the targets are noiseless."""
+                    teacher_units: int = 5, seed: int = 0, activation: str = "relu") -> Dataset:
+    """Regression on Gaussian inputs ``x ~ N(0, I_dim)`` with noiseless targets from a
+    one-hidden-layer teacher with ``u`` units. ``activation="relu"``: ``y = (1/u) sum_j
+    relu(w_j . x)``, unit-norm ``w_j``. ``activation="silu"`` (Arbel et al.'s teacher, their
+    ``OneHiddenLayer``): ``y = (1/u) sum_j v_j silu(w_j . x + c_j)`` with every ``w, c, v`` drawn
+    from ``N(0, 1)``. The teacher, then the training and the test samples, are drawn from
+    ``seed``."""
+    if activation not in ("relu", "silu"):
+        raise ValueError(f"teacher activation must be relu or silu; got {activation!r}")
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(teacher_units, dim, generator=g)
-    W = W / W.norm(dim=1, keepdim=True)
+    if activation == "relu":
+        W = W / W.norm(dim=1, keepdim=True)
+
+        def teacher(x):
+            return torch.relu(x @ W.t()).mean(dim=1, keepdim=True)
+    else:
+        c = torch.randn(teacher_units, generator=g)
+        v = torch.randn(teacher_units, 1, generator=g)
+
+        def teacher(x):
+            return torch.nn.functional.silu(x @ W.t() + c) @ v / teacher_units
 
     def draw(n):
         x = torch.randn(n, dim, generator=g)
-        return x, torch.relu(x @ W.t()).mean(dim=1, keepdim=True)
+        return x, teacher(x)
     xtr, ytr = draw(n_train)
     xte, yte = draw(n_test)
-    note = (f"teacher-student: {teacher_units}-unit ReLU teacher on {dim}-d Gaussian inputs, "
+    kind = ("ReLU teacher (unit-norm weights)" if activation == "relu" else
+            "SiLU teacher (weights, biases and readout N(0, 1), output / units)")
+    note = (f"teacher-student: {teacher_units}-unit {kind} on {dim}-d Gaussian inputs, "
             f"{n_train} train / {n_test} test (seed {seed})")
     return Dataset(xtr, ytr, xte, yte, None, "teacher", [note],
                    dict(copy="generated", description=note, folder=None, files=[]))

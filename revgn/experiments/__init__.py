@@ -98,11 +98,19 @@ def revmlp_jobs(cfg, data):
 
 
 def arbel_jobs(cfg, data):
+    """The runs of ``arbel-regimes``; each seed draws its own teacher and samples (``data`` is
+    the first seed's, for the config)."""
     context = _data_settings(cfg, data)
+    context["teacher"] = dict(cfg["teacher"], n_train=cfg["teacher_train"],
+                              n_test=cfg["teacher_test"])
+    per_seed = {}
 
     def job(key, settings):
         def fn(progress):
-            out = arbel.run_one(data=data, **settings)
+            seed = settings["seed"]
+            if seed not in per_seed:
+                per_seed[seed] = arbel.load(cfg, seed)
+            out = arbel.run_one(data=per_seed[seed], **settings)
             progress.update(1, key)
             return out
         return Job(key, dict(settings, **context), fn)
@@ -121,7 +129,7 @@ def main(argv=None) -> int:
     require_device(cfg["device"])
     t0 = time.perf_counter()
     if cfg["experiment"] == "arbel-regimes":
-        data = arbel.load(cfg)
+        data = arbel.load(cfg, cfg["seeds"][0])
         jobs, extra = arbel_jobs(cfg, data)
     else:
         try:

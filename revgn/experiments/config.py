@@ -31,8 +31,8 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="MNIST IDX or CIFAR-10 python-batches folder (default for MNIST: "
                         "$REVGN_MNIST_DIR, else shared/data/mnist beside the checkout)")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help="default: 30, 2 with --quick, 100 with --paper (arbel-regimes: GN "
-                        "steps, default 100, 5 with --quick)")
+                   help="default: 30, 2 with --quick, 100 with --paper (arbel-regimes: GN's "
+                        "step cap, default 1000, 100 with --quick, 2e6 with --paper)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="one run per seed; default: 42 43 44 (0 with --quick)")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -42,7 +42,8 @@ def build_parser(names) -> argparse.ArgumentParser:
     p.add_argument("--depth", type=positive_int, default=None,
                    help="reversible blocks L; default: 2 (6 for cifar10)")
     p.add_argument("--gn-lr", type=positive_float, default=None,
-                   help="GN learning rate (default: the experiment's, per_block scaling)")
+                   help="GN learning rate (default: the experiment's, per_block scaling; "
+                        "arbel-regimes: the authors' step size, EGN lr = it / n)")
     p.add_argument("--adam-lr", type=positive_float, default=None,
                    help="default: 1e-3 (--paper: 1e-4, 1e-5 for CIFAR-10 full batch)")
     p.add_argument("--adam-lrs", type=positive_float, nargs="+", default=None, metavar="LR",
@@ -61,7 +62,17 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="default: 0.1 (0.01 for cifar10)")
     p.add_argument("--width", type=positive_int, default=None,
                    help="arbel-regimes: hidden units of the student (default: 1000, 100 with "
-                        "--quick; paper: 5000)")
+                        "--quick, 5000 with --paper)")
+    p.add_argument("--init-stds", type=positive_float, nargs="+", default=None, metavar="STD",
+                   help="arbel-regimes: the hidden layer's init std grid (paper: 0.01 0.1 0.5 1 "
+                        "5 10 100)")
+    p.add_argument("--rel-tol", type=positive_float, default=None,
+                   help="arbel-regimes: every run stops when its training loss reaches REL_TOL "
+                        "times its initial loss (default 1e-4, 1e-3 with --quick, 1e-8 with "
+                        "--paper)")
+    p.add_argument("--gd-steps", type=positive_int, default=None,
+                   help="arbel-regimes: GD's step cap (default 50000, 1000 with --quick, 2e6 with "
+                        "--paper)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the runs train (cuda needs a visible GPU)")
     size = p.add_mutually_exclusive_group()
@@ -88,6 +99,9 @@ def make_config(args) -> dict:
     base = dict(experiment=args.name, dataset=dataset, data_dir=args.data_dir, quick=args.quick,
                 paper=args.paper, device=args.device,
                 seeds=_pick(args.seeds, (QUICK if args.quick else CPU)["seeds"]))
+    if not arbel and any(v is not None for v in (args.init_stds, args.rel_tol, args.gd_steps)):
+        from revgn._cli import UsageError
+        raise UsageError("--init-stds, --rel-tol and --gd-steps are arbel-regimes options")
     return dict(base, **(arbel_config(args) if arbel else revmlp_config(args, dataset)))
 
 
@@ -125,19 +139,58 @@ def revmlp_config(args, dataset) -> dict:
     )
 
 
+# Arbel et al.'s settings, from their code (github.com/MichaelArbel/Implicit-Bias-Gauss-Newton:
+# configs/config.yaml, script.sh, training.py, core/optimizers/GN.py): a 5000-unit SiLU student,
+# a 5-unit SiLU teacher with N(0, 1) parameters, 500 / 10,000 samples, init std grid
+# {0.01, 0.1, 0.5, 1, 5, 10, 100} of the hidden weights and biases, readout 0, GN step 10 with
+# eps = max(1e-7, s_min(J J^T)), stop at 1e-8 times the initial loss or 2e6 steps, seeds 1-5
+ARBEL_PAPER = dict(width=5000, init_stds=[0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 100.0],
+                   seeds=[1, 2, 3, 4, 5], gn_lrs=[10.0, 100.0], rel_tol=1e-8,
+                   gn_max_steps=2_000_000, gd_max_steps=2_000_000, teacher_test=10000)
+ARBEL_CPU = dict(width=1000, init_stds=[0.01, 0.1, 1.0, 10.0, 100.0], seeds=[42, 43, 44],
+                 gn_lrs=[10.0, 100.0], rel_tol=1e-4, gn_max_steps=1000, gd_max_steps=50_000,
+                 teacher_test=10000)
+ARBEL_QUICK = dict(width=100, init_stds=[0.1, 10.0], seeds=[0], gn_lrs=[100.0], rel_tol=1e-3,
+                   gn_max_steps=100, gd_max_steps=1000, teacher_test=1000)
+
+
 def arbel_config(args) -> dict:
-    """Arbel et al.'s sweep: student width, init scales, GN step sizes and step budgets."""
-    quick = args.quick
-    width = _pick(args.width, 100 if quick else 5000 if args.paper else 1000)
-    steps = _pick(args.epochs, 5 if quick else 100)
-    # GD needs far more steps than GN to approach its fixed point; compare both near it
-    gd_steps = steps * (4 if quick else 50)
+    """Arbel et al.'s sweep: student width, init scales, GN step sizes (the authors' units:
+    EGN's lr is lr / n), the damping rule, the stopping rule and the step caps."""
+    size = ARBEL_QUICK if args.quick else ARBEL_PAPER if args.paper else ARBEL_CPU
+    width = _pick(args.width, size["width"])
+    stds = list(_pick(args.init_stds, size["init_stds"]))
+    gn_lrs = [args.gn_lr] if args.gn_lr is not None else list(size["gn_lrs"])
+    rel_tol = _pick(args.rel_tol, size["rel_tol"])
+    gn_cap = _pick(args.epochs, size["gn_max_steps"])
+    gd_cap = _pick(args.gd_steps, size["gd_max_steps"])
+    seeds = list(_pick(args.seeds, size["seeds"]))
+    notes = [f"student: {width} SiLU units with 1/H output scaling (paper 5000), hidden weights "
+             "and biases N(0, std^2), readout 0; teacher: 5 SiLU units, every parameter "
+             "N(0, 1); teacher, samples and student drawn from each run's seed; float64 on "
+             "the CPU (the authors: float32 on a GPU)",
+             "GN: revgn.EGN with eps = max(1e-7, s_min(J J^T)) recomputed every step, s_min the "
+             "smallest singular value of the n x n Gram of the network's Jacobian on the "
+             f"training batch; step sizes {', '.join(f'{v:g}' for v in gn_lrs)} in the authors' "
+             "units (EGN lr = step / n, n = 500)",
+             "GD: full batch at the largest stable step measured at init (the authors' script "
+             "passes step 10 to GD as well; under the 1/H scaling that step is far below the "
+             "stable one and GD does not reach the threshold)",
+             f"stopping rule: every run stops when its training loss reaches {rel_tol:g} times "
+             f"its initial loss (the authors: 1e-8); caps {gn_cap} GN steps and {gd_cap} GD "
+             "steps; a run that hits its cap is marked unconverged",
+             "random-features baseline: the readout refit by min-norm least squares on the "
+             "initial hidden features; refit: the same on the trained ones"]
+    if not args.paper:
+        notes.append(f"sized for a CPU: width {width}, init stds "
+                     f"{', '.join(f'{v:g}' for v in stds)}, seeds {seeds} (paper: --paper)")
     return dict(
-        teacher_train=500, teacher_test=2000 if quick else 10000,
-        init_stds=[0.1, 3.0] if quick else [0.03, 0.3, 1.0, 3.0, 10.0],
-        gn_lrs=[args.gn_lr] if args.gn_lr is not None else [1.0] if quick else [1.0, 0.1],
-        width=width, steps=steps, gd_steps=gd_steps,
-        notes=[f"student: {width} SiLU units with 1/H output scaling (paper 5000); GN is "
-               f"revgn.EGN (damping 1e-6) for {steps} steps; GD runs full batch at the largest "
-               f"stable step for {gd_steps} steps; float64 on the CPU"],
+        seeds=seeds,
+        teacher=dict(units=5, dim=10, activation="silu", init_std=1.0),
+        teacher_train=500, teacher_test=size["teacher_test"],
+        width=width, init_stds=stds, readout_init="zero", hidden_init="normal(0, std^2)",
+        gn_lrs=gn_lrs, gn_lr_units="authors' step size lam; EGN lr = lam / n",
+        damping_rule="eps = max(damping_floor, s_min(J J^T)), each step",
+        damping_floor=1e-7, gd_lr=None, rel_tol=rel_tol, gn_max_steps=gn_cap,
+        gd_max_steps=gd_cap, loss="0.5 * mean (f - y)^2", dtype="float64", notes=notes,
     )

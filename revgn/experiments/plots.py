@@ -116,38 +116,51 @@ def batch_change(result, path) -> bool:
 
 
 def arbel(result, path) -> bool:
-    """Left: final test MSE and the refit readout's test MSE against the init std. Right: test
-    MSE against steps (mean over seeds), colored by init std, one line style per run group."""
+    """Left: final test MSE (solid), the test MSE of the readout refit on the trained features
+    (dashed) and of the random-features refit on the initial ones (black dotted) against the
+    init std, mean over seeds; a red ring marks an init std where some run of that group hit
+    its step cap. Right: training loss against steps (mean over seeds), colored by init std,
+    one line style per group, with the stopping threshold."""
     runs = result["runs"]
     if not runs:
         return False
     plt = _plt()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     groups = grouped(runs, "group")
     stds = sorted({r["init_std"] for r in runs})
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(stds)))
     styles = ["-", "--", ":", "-."]
+    first = next(iter(groups.values()))
+    rf = [np.mean([r["rf_test_loss"] for r in first if r["init_std"] == s]) for s in stds]
+    left.loglog(stds, rf, "k:", marker="^", label="random features (init refit)")
     for (group, members), style in zip(groups.items(), styles * len(groups)):
         at = {s: [r for r in members if r["init_std"] == s] for s in stds}
-        test = [np.mean([r["history"][-1]["test_loss"] for r in at[s]]) for s in stds]
+        test = [np.mean([r["test_loss"] for r in at[s]]) for s in stds]
         refit = [np.mean([r["refit_test_loss"] for r in at[s]]) for s in stds]
         line, = left.loglog(stds, test, "o-", label=f"{group} test")
         left.loglog(stds, refit, "s--", color=line.get_color(), label=f"{group} refit readout")
+        capped = [i for i, s in enumerate(stds) if not all(r["converged"] for r in at[s])]
+        if capped:
+            left.scatter([stds[i] for i in capped], [test[i] for i in capped], s=120,
+                         facecolors="none", edgecolors="r", zorder=3)
         for s, color in zip(stds, colors):
-            epochs, _ = _series(at[s][0], lambda row: row["test_loss"])
-            mean = np.mean([_series(r, lambda row: row["test_loss"])[1] for r in at[s]], axis=0)
-            right.plot(epochs, mean, style, color=color, lw=1.2)
+            for r in at[s]:
+                steps, loss = _series(r, lambda row: row["train_loss"])
+                right.plot(np.array(steps) + 1, loss, style, color=color, lw=0.8, alpha=0.7)
     for group, style in zip(groups, styles * len(groups)):
         right.plot([], [], style, color="gray", label=group)
     for s, color in zip(stds, colors):
         right.plot([], [], "-", color=color, label=f"std {s:g}")
-    right.set_xscale("symlog", linthresh=1)
+    left.scatter([], [], s=120, facecolors="none", edgecolors="r", label="some run hit its cap")
+    right.set_xscale("log")
     right.set_yscale("log")
+    cfg = result["config"]
+    right.set_title(f"runs stop at {cfg['rel_tol']:g} x their initial loss", fontsize=9)
     left.set_xlabel("hidden-layer init std")
     left.set_ylabel("test MSE")
-    left.legend(fontsize=7)
-    right.set_xlabel("step")
-    right.set_ylabel("test MSE")
+    left.legend(fontsize=6)
+    right.set_xlabel("step + 1")
+    right.set_ylabel("training loss (one line per run)")
     right.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 

@@ -64,22 +64,30 @@ def summary(result) -> str:
 
 
 def arbel_summary(result) -> str:
-    """Final train / test / refit-test MSE per init std, for GN at each step size and GD."""
+    """Per init std: final train / test / refit-test MSE and steps for GN at each step size and
+    GD, and the random-features baseline; ``*`` marks cells with runs that hit their step cap
+    (unconverged), ``!`` runs that diverged."""
     groups = list(grouped(result["runs"], "group"))
     stds = sorted({r["init_std"] for r in result["runs"]})
-    header = ["init std"] + [f"{g} {col}" for g in groups for col in ("train", "test", "refit")]
+    header = ["init std", "RF test"] + [f"{g} {col}" for g in groups
+                                        for col in ("train", "test", "refit", "steps")]
     rows = []
     for std in stds:
-        row = [f"{std:g}"]
+        at = [r for r in result["runs"] if r["init_std"] == std]
+        row = [f"{std:g}", _cell([r["rf_test_loss"] for r in at if r["group"] == groups[0]],
+                                 "{:.2g}")]
         for g in groups:
-            runs = [r for r in result["runs"] if r["group"] == g and r["init_std"] == std]
-            last = [r["history"][-1] for r in runs]
-            row += [_cell([l["train_loss"] for l in last], "{:.2g}"),
-                    _cell([l["test_loss"] for l in last], "{:.2g}"),
-                    _cell([l["refit_test_loss"] for l in last], "{:.2g}")]
+            runs = [r for r in at if r["group"] == g]
+            mark = ("!" if any(r["stop"] == "diverged" for r in runs) else
+                    "*" if not all(r["converged"] for r in runs) else "")
+            row += [_cell([r["train_loss"] for r in runs], "{:.2g}") + mark,
+                    _cell([r["test_loss"] for r in runs], "{:.2g}"),
+                    _cell([r["refit_test_loss"] for r in runs], "{:.2g}"),
+                    _cell([r["steps"] for r in runs], "{:.0f}")]
         rows.append(row)
     cfg = result["config"]
-    title = (f"arbel-regimes: width {cfg['width']}, GN {cfg['steps']} steps, GD "
-             f"{cfg['gd_steps']} steps, test MSE on {cfg['teacher_test']} examples; "
-             f"{len(cfg['seeds'])} seed(s)")
+    title = (f"arbel-regimes: width {cfg['width']}, runs stop at {cfg['rel_tol']:g} x the initial "
+             f"training loss (caps: GN {cfg['gn_max_steps']}, GD {cfg['gd_max_steps']} steps; "
+             f"* = some runs hit the cap, ! = diverged), test MSE on {cfg['teacher_test']} "
+             f"examples, RF = readout refit on the initial features; {len(cfg['seeds'])} seed(s)")
     return title + "\n" + _table(header, rows)
