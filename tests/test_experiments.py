@@ -2,8 +2,11 @@
 import json
 
 import pytest
+import torch
 
-from revgn.experiments import main
+import revgn
+from revgn.data import load_dataset
+from revgn.experiments import arbel, main
 from revgn.experiments.config import build_parser, make_config
 from revgn.experiments.progress import Progress
 from revgn.experiments.registry import EXPERIMENTS
@@ -64,13 +67,122 @@ def test_quick_ntk_cka(tmp_path):
 def test_quick_arbel_regimes(tmp_path, capsys):
     assert main(["arbel-regimes", "--quick", "--out", str(tmp_path)]) == 0
     result = _check(tmp_path, ["gn", "gd"])
-    assert result["figures"] == ["arbel.png"] and result["config"]["dataset"] == "teacher"
-    assert {r["init_std"] for r in result["runs"]} == set(result["config"]["init_stds"])
+    cfg = result["config"]
+    assert result["figures"] == ["arbel.png"] and cfg["dataset"] == "teacher"
+    assert cfg["teacher"]["activation"] == "silu" and cfg["readout_init"] == "zero"
+    assert {r["init_std"] for r in result["runs"]} == set(cfg["init_stds"])
+    table = capsys.readouterr().out
+    assert "arbel-regimes" in table and "RF test" in table
     for run in result["runs"]:
-        assert run["history"][-1]["train_loss"] < run["history"][0]["train_loss"]
-        assert run["refit_test_loss"] == run["history"][-1]["refit_test_loss"] > 0
-        assert run["history"][-1]["test_acc"] is None
-    assert "arbel-regimes" in capsys.readouterr().out
+        first, last = run["history"][0], run["history"][-1]
+        assert last["train_loss"] < first["train_loss"] and last["test_acc"] is None
+        assert run["refit_test_loss"] == last["refit_test_loss"] > 0
+        assert run["rf_test_loss"] == last["rf_test_loss"] > 0
+        # the stopping rule: a run ends at the threshold or at its cap, and says which
+        cap = cfg["gn_max_steps"] if run["optimizer"] == "gn" else cfg["gd_max_steps"]
+        assert last["epoch"] == run["steps"] <= cap
+        assert run["threshold"] == pytest.approx(cfg["rel_tol"] * run["initial_train_loss"])
+        if run["converged"]:
+            assert run["stop"] == "threshold" and run["train_loss"] <= run["threshold"]
+        else:
+            assert run["stop"] == "cap" and run["steps"] == cap
+            assert run["train_loss"] > run["threshold"]
+    # the zero readout: the student predicts 0 at init, so its losses are those of 0
+    data = load_dataset("teacher", n_train=500, n_test=cfg["teacher_test"], seed=0,
+                        activation="silu")
+    for run in result["runs"]:
+        row = run["history"][0]
+        assert row["train_loss"] == pytest.approx(0.5 * float(data.y_train.double().pow(2).mean()))
+        assert row["test_loss"] == pytest.approx(0.5 * float(data.y_test.double().pow(2).mean()))
+    # GD hits its 1000-step cap at std 10 and the table marks it
+    capped = [r for r in result["runs"] if not r["converged"]]
+    assert capped and all(r["optimizer"] == "gd" for r in capped)
+    assert "*" in table
+
+
+def _tiny_teacher(n=40):
+    return load_dataset("teacher", n_train=n, n_test=200, seed=3, activation="silu")
+
+
+def _jacobian(net, x):
+    params = {k: v for k, v in net.named_parameters() if v.requires_grad}
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(net, p, (x,)))(params)
+    return torch.cat([j.reshape(len(x), -1) for j in jac.values()], dim=1), list(params)
+
+
+def test_arbel_damping_is_max_of_floor_and_smallest_singular_value():
+    data = _tiny_teacher()
+    x, y = data.x_train.double(), data.y_train.double()
+    for readout, width in (("normal", 60), ("zero", 20)):
+        net = arbel.student(width, 1.0, seed=0, readout=readout)
+        J, names = _jacobian(net, x)
+        gram = J @ J.t()
+        s_min = float(torch.linalg.svdvals(gram).min())
+        eps = max(1e-7, s_min)
+        before = torch.cat([p.detach().reshape(-1) for n, p in net.named_parameters()
+                            if n in names])
+        lam = 10.0  # the authors' step: w <- w - lam J^T (J J^T + eps I)^-1 (f - y) / n
+        expected = before - lam * J.t() @ torch.linalg.solve(
+            gram + eps * torch.eye(len(x), dtype=gram.dtype), (net(x) - y).detach()).squeeze(1
+                                                                                   ) / len(x)
+        opt = arbel.DampedGN(net, lr=lam / len(x))
+        opt.step(x, y)
+        after = torch.cat([p.detach().reshape(-1) for n, p in net.named_parameters()
+                           if n in names])
+        assert opt.last_smin == pytest.approx(s_min, rel=1e-6, abs=1e-12)
+        assert opt.last_eps == pytest.approx(eps, rel=1e-6)
+        assert torch.allclose(after, expected, rtol=1e-7, atol=1e-10)
+        if readout == "zero":  # 20 features for 40 examples: the Gram is singular, the floor acts
+            assert opt.last_eps == 1e-7 and s_min < 1e-7
+        else:  # well conditioned: eps is s_min, far above the floor
+            assert opt.last_eps > 1e-4
+            fixed = arbel.student(width, 1.0, seed=0, readout=readout)
+            revgn.EGN(fixed, lr=lam / len(x), loss="mse", damping=1e-7 / len(x)).step(x, y)
+            moved = torch.cat([p.detach().reshape(-1) for n, p in fixed.named_parameters()
+                               if n in names])
+            assert not torch.allclose(moved, expected, rtol=1e-3)
+
+
+def test_arbel_student_starts_with_zero_readout_and_gaussian_hidden_layer():
+    net = arbel.student(4000, 0.5, seed=7)
+    assert torch.count_nonzero(net[2].weight) == 0
+    assert float(net[0].weight.std()) == pytest.approx(0.5, rel=0.03)
+    assert float(net[0].bias.std()) == pytest.approx(0.5, rel=0.05)
+    assert float(net[3].weight) == 1 / 4000 and not net[3].weight.requires_grad
+    x = torch.randn(8, 10, dtype=torch.float64)
+    assert torch.count_nonzero(net(x)) == 0
+    assert torch.equal(arbel.student(4000, 0.5, seed=7)[0].weight, net[0].weight)
+    assert torch.count_nonzero(arbel.student(50, 0.5, seed=7, readout="normal")[2].weight) == 50
+
+
+def test_arbel_stopping_rule_threshold_and_cap():
+    data = _tiny_teacher()
+    done = arbel.run_one("gn", 1.0, 0, 60, data, lr=10.0, rel_tol=1e-3, max_steps=1000)
+    assert done["converged"] and done["stop"] == "threshold"
+    assert done["train_loss"] <= 1e-3 * done["initial_train_loss"] == done["threshold"]
+    assert done["history"][-1]["epoch"] == done["steps"] > 1
+    # one step fewer allowed: the same run stops at the cap, above the threshold, unconverged
+    short = arbel.run_one("gn", 1.0, 0, 60, data, lr=10.0, rel_tol=1e-3,
+                          max_steps=done["steps"] - 1)
+    assert not short["converged"] and short["stop"] == "cap"
+    assert short["steps"] == done["steps"] - 1 and short["train_loss"] > short["threshold"]
+    gd = arbel.run_one("gd", 1.0, 0, 60, data, lr=None, rel_tol=1e-3, max_steps=5)
+    assert gd["stop"] == "cap" and gd["steps"] == 5 and not gd["converged"]
+
+
+def test_arbel_random_features_baseline_refits_the_initial_features():
+    data = _tiny_teacher()
+    x, y = data.x_train.double(), data.y_train.double()
+    xt, yt = data.x_test.double(), data.y_test.double()
+    runs = [arbel.run_one(opt, 1.0, 0, 60, data, lr=lr, rel_tol=1e-3, max_steps=300)
+            for opt, lr in (("gn", 10.0), ("gd", None))]
+    init = arbel.student(60, 1.0, seed=0)
+    phi, phi_t = arbel.features(init, x), arbel.features(init, xt)
+    a = torch.linalg.pinv(phi) @ y  # min-norm least squares on the initial features
+    rf = float(0.5 * (phi_t @ a - yt).pow(2).mean())
+    for run in runs:
+        assert run["rf_test_loss"] == pytest.approx(rf, rel=1e-4)
+        assert run["refit_test_loss"] != pytest.approx(rf, rel=1e-3)  # the trained features
 
 
 def test_rerun_resumes_and_reruns_changed_settings(tmp_path, capsys):
@@ -128,6 +240,19 @@ def test_configs_every_experiment_builds_its_runs():
     assert {s.lr for s in EXPERIMENTS["minibatch"](cfg)[0] if s.optimizer == "gn"} == {0.3}
     with pytest.raises(SystemExit):
         _config("fullbatch", "--quick", "--paper")
+    arb = _config("arbel-regimes", "--paper")
+    assert arb["width"] == 5000 and arb["seeds"] == [1, 2, 3, 4, 5]
+    assert arb["init_stds"] == [0.01, 0.1, 0.5, 1, 5, 10, 100] and arb["gn_lrs"] == [10, 100]
+    assert arb["rel_tol"] == 1e-8 and arb["damping_floor"] == 1e-7
+    assert arb["readout_init"] == "zero" and arb["teacher"]["activation"] == "silu"
+    assert arb["gn_max_steps"] == arb["gd_max_steps"] == 2_000_000
+    small = _config("arbel-regimes", "--init-stds", "0.1", "1", "--rel-tol", "1e-3")
+    assert small["width"] == 1000 and small["init_stds"] == [0.1, 1] and small["rel_tol"] == 1e-3
+    keys = [k for k, _ in arbel.jobs(small)]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 3  # stds x seeds x (2 GN steps + GD)
+    from revgn._cli import UsageError
+    with pytest.raises(UsageError, match="arbel-regimes options"):
+        _config("fullbatch", "--rel-tol", "1e-3")
 
 
 def test_progress_bar_only_on_terminals():

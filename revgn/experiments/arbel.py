@@ -213,22 +213,20 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
             stop = "threshold"
         elif step >= max_steps:
             stop = "cap"
-        if stop is None:
-            if optimizer == "gn":
-                opt.step(x, y)
-                eps_seen.append(opt.last_eps)
-            else:
-                objective.backward()
-                opt.step()
         elapsed += time.perf_counter() - t0
+        if stop is not None or step in at:
+            record(step, loss)  # the parameters the loss was measured at
         if stop is not None:
-            record(step, loss)
             break
-        if step in at:
-            record(step, loss)
+        t0 = time.perf_counter()
+        if optimizer == "gn":
+            opt.step(x, y)
+            eps_seen.append(opt.last_eps)
+        else:
+            objective.backward()
+            opt.step()
+        elapsed += time.perf_counter() - t0
         step += 1
-    if history[-2:-1] and history[-2]["epoch"] == history[-1]["epoch"]:
-        history.pop(-2)
     refit = refit_test_loss(net, x, y, xt, yt)
     history[-1].update(refit_test_loss=refit, rf_test_loss=rf_test_loss)
     group = f"gn lr={lr:g}" if optimizer == "gn" else "gd"
