@@ -18,7 +18,9 @@ the samples and the student are drawn from the run's seed. Both layers train, fu
 
 Stopping rule: each run stops when its training loss reaches ``rel_tol`` times the loss at
 initialization (the authors' rule, their ``rel_tol`` 1e-8), or at a step cap, in which case it
-is marked unconverged (``converged: false``, ``stop: "cap"``).
+is marked unconverged (``converged: false``, ``stop: "cap"``). On the way every run reports
+``crossings``: the step, test loss and refit test loss at which its training loss first reached
+0.1, 0.01, ... times the initial one, so that runs can be compared at equal training loss.
 
 Hidden learning: refitting the readout by least squares on the trained hidden features
 ``phi_j(x) = silu(w_j . x + c_j) / H`` tells how good the learned features are apart from how
@@ -47,6 +49,7 @@ DAMPING_FLOOR = 1e-7  # the authors' epsilon: eps = max(1e-7, s_min(J J^T))
 EVAL_CHUNK = 2500  # test rows per forward pass (10,000 x 5000 float64 would be 400 MB)
 STUDENT_SEED_OFFSET = 1_000_000  # the student's generator: seed + offset (teacher: seed)
 DIVERGED = 1e6  # a loss this many times the initial one stops the run as diverged
+CROSSINGS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8)  # relative training losses a run reports
 
 
 class DampedGN(revgn.EGN):
@@ -169,7 +172,7 @@ def record_steps(cap: int, per_decade: int = 8) -> set:
 
 def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: float | None,
             rel_tol: float, max_steps: int, readout: str = "zero",
-            damping_floor: float = DAMPING_FLOOR) -> dict:
+            damping_floor: float = DAMPING_FLOOR, levels=CROSSINGS) -> dict:
     """Train one student (``optimizer`` gn | gd) until its training loss is at most ``rel_tol``
     times the initial one, or for ``max_steps`` steps. GN's ``lr`` is the authors' step size
     ``lam`` (EGN's ``lr = lam / n``); GD's ``lr`` None means the largest stable step."""
@@ -197,6 +200,15 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
             row["damping_eps"] = opt.last_eps
         history.append(row)
 
+    crossings = {}  # the first step at which the training loss reaches level x the initial one
+
+    def cross(step, loss):
+        for level in levels:
+            if level >= rel_tol and str(level) not in crossings and loss <= level * loss0:
+                crossings[str(level)] = dict(step=step, train_loss=loss,
+                                             test_loss=_mse(predict(net, xt), yt),
+                                             refit_test_loss=refit_test_loss(net, x, y, xt, yt))
+
     step, stop = 0, None
     while True:
         t0 = time.perf_counter()
@@ -214,6 +226,8 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
         elif step >= max_steps:
             stop = "cap"
         elapsed += time.perf_counter() - t0
+        if stop != "diverged":
+            cross(step, loss)
         if stop is not None or step in at:
             record(step, loss)  # the parameters the loss was measured at
         if stop is not None:
@@ -235,7 +249,8 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
                converged=stop == "threshold", stop=stop, threshold=threshold,
                initial_train_loss=loss0, train_loss=history[-1]["train_loss"],
                test_loss=history[-1]["test_loss"], refit_test_loss=refit,
-               rf_test_loss=rf_test_loss, seconds=elapsed, history=history)
+               rf_test_loss=rf_test_loss, crossings=crossings, seconds=elapsed,
+               history=history)
     if optimizer == "gn":
         out["damping_eps"] = dict(first=eps_seen[0] if eps_seen else None,
                                   last=eps_seen[-1] if eps_seen else None,
@@ -248,7 +263,8 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
 def jobs(cfg):
     """``(key, settings)`` of every run: each init std and seed, GN at each step size and GD."""
     out = []
-    common = dict(width=cfg["width"], rel_tol=cfg["rel_tol"], readout=cfg["readout_init"])
+    common = dict(width=cfg["width"], rel_tol=cfg["rel_tol"], readout=cfg["readout_init"],
+                  levels=list(CROSSINGS))
     for std in cfg["init_stds"]:
         for seed in cfg["seeds"]:
             for lr in cfg["gn_lrs"]:
