@@ -82,8 +82,18 @@ def test_quick_arbel_regimes(tmp_path, capsys):
         cap = cfg["gn_max_steps"] if run["optimizer"] == "gn" else cfg["gd_max_steps"]
         assert last["epoch"] == run["steps"] <= cap
         assert run["threshold"] == pytest.approx(cfg["rel_tol"] * run["initial_train_loss"])
+        levels = [lv for lv in arbel.CROSSINGS if lv >= cfg["rel_tol"]]
+        crossed = run["crossings"]
+        assert set(crossed) <= {str(lv) for lv in levels}
+        steps = [crossed[str(lv)]["step"] for lv in levels if str(lv) in crossed]
+        assert steps == sorted(steps)
+        for lv, c in crossed.items():
+            assert c["train_loss"] <= float(lv) * run["initial_train_loss"]
         if run["converged"]:
             assert run["stop"] == "threshold" and run["train_loss"] <= run["threshold"]
+            assert len(crossed) == len(levels)
+            assert crossed[str(cfg["rel_tol"])]["step"] == run["steps"]
+            assert crossed[str(cfg["rel_tol"])]["test_loss"] == run["test_loss"]
         else:
             assert run["stop"] == "cap" and run["steps"] == cap
             assert run["train_loss"] > run["threshold"]
