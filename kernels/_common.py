@@ -53,11 +53,6 @@ def check_operands(*tensors):
     return dtype
 
 
-def any_empty(*tensors) -> bool:
-    """Whether a launch would have no work (Triton refuses an empty grid)."""
-    return any(t is not None and t.numel() == 0 for t in tensors)
-
-
 def on_device(t: torch.Tensor):
     """Launch on ``t``'s GPU (Triton launches on the current device)."""
     if t.device.type == "cuda":

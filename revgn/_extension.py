@@ -230,18 +230,25 @@ def _load_once() -> dict:
             if isinstance(exc, BuildFailed) and exc.log_path:
                 record["log"] = exc.log_path
             return record
-    from revgn import _fake  # noqa: F401  (fake kernels for torch.compile / opcheck)
+    from revgn.ops.table import register_fakes
+    register_fakes("revgn")  # shape-only kernels for torch.compile and opcheck
     return record
 
 
-def registered(device_type: str) -> bool:
-    """Whether the loaded extension registered its ops for ``device_type`` ("cpu" or
-    "cuda"): asked of the dispatcher itself, so an install that lost its build record still
+#: an op every build of the extension implements on every device type it was built for
+PROBE_OP = "coupling_inverse_with_tangent"
+
+
+def registered(device_type: str, op: str = PROBE_OP) -> bool:
+    """Whether the loaded extension registered a kernel of ``op`` for ``device_type`` ("cpu"
+    or "cuda"): asked of the dispatcher itself, so an install that lost its build record still
     tells the truth."""
     import torch
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
     try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key("revgn::gram", key))
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"revgn::{op}", key))
     except RuntimeError:  # the op was never defined: nothing was loaded
         return False
 
