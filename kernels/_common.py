@@ -160,7 +160,7 @@ def _multiprocessors(index: int) -> int:
 def gpu_tiles(dtype: torch.dtype, precision: str, accumulators: int = 1, square: bool = False,
               dot: bool = True) -> Tiles:
     """Hopper-sized tiles before any shrinking, checked for register spills on sm90 with ptxas
-    through Triton's ahead-of-time compiler (``_compile_check``):
+    through Triton's ahead-of-time compiler (``_compile_all``):
 
     ========================  ===================  ====================  ===================
     dtype / products          one accumulator      two (stacked), each   square (Gram)

@@ -10,7 +10,8 @@ import torch
 from revgn import backend
 from revgn.ops import (bind, cholesky_factor_solve_ref, coupling_inverse_with_tangent_ref,
                        coupling_tangent_ref, gram_ref)
-from revgn.check import ACTIVATIONS, COUPLING_SHAPES, TOL, coupling_inputs, rel, spd_batch
+from revgn.cli.backend_check import (ACTIVATIONS, COUPLING_SHAPES, TOL, coupling_inputs, rel,
+                                    spd_batch)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

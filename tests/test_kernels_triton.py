@@ -20,7 +20,7 @@ import revgn  # noqa: E402
 from revgn import ops  # noqa: E402
 from revgn.ops import (cholesky_factor_solve_ref, coupling_inverse_with_tangent_ref,  # noqa: E402
                        coupling_tangent_ref, gram_ref, jt_product_ref, jt_update_ref)
-from revgn.check import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
+from revgn.cli.backend_check import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -352,7 +352,7 @@ def test_kernels_compile_for_sm90():
     """Triton's ahead-of-time compiler down to a cubin, no GPU needed: lowering errors and
     shared-memory overflows of every kernel at its base tiles, float32 (IEEE, TF32, TF32x3)
     and float64 (with and without tl.dot). Register spills are reported, not failed. The full
-    sweep over shrunk tiles and activations: ``kernels/_compile_check.py``."""
+    sweep over shrunk tiles and activations: ``kernels/_compile_all.py``."""
     import importlib.util
     import subprocess
     import sys
@@ -364,8 +364,8 @@ def test_kernels_compile_for_sm90():
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists() and not os.environ.get("TRITON_PTXAS_PATH"):
         pytest.skip("no ptxas in this Triton")
-    code = ("import revgn, sys; revgn.load_kernels(); from revgn.kernels import _compile_check; "
-            "sys.exit(_compile_check.main(['90', '--quick']))")
+    code = ("import revgn, sys; revgn.load_kernels(); from revgn.kernels import _compile_all; "
+            "sys.exit(_compile_all.main(['90', '--quick']))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=900, cwd=Path(__file__).resolve().parents[1],
                          env=dict(os.environ, TRITON_INTERPRET="0"))

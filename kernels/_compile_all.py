@@ -1,7 +1,7 @@
 """Compile every kernel configuration the launchers can choose, for an NVIDIA target, with no GPU.
 
     TRITON_INTERPRET=0 python -c "import revgn, sys; revgn.load_kernels(); \
-        from revgn.kernels import _compile_check; sys.exit(_compile_check.main())" [90] [--quick]
+        from revgn.kernels import _compile_all; sys.exit(_compile_all.main())" [90] [--quick]
 
 Triton's ahead-of-time compiler (``triton.compile`` on an ``ASTSource`` with a ``GPUTarget``)
 runs the whole pipeline down to a cubin with the ptxas bundled in Triton's wheel, so lowering
