@@ -1,9 +1,9 @@
 """Build script for revgn.
 
 The Python package always installs. The C++/CUDA extension (``revgn._C``) is built ahead of time
-when torch is importable at build time (``pip install --no-build-isolation .``); otherwise it is
-compiled just in time on first use (see ``revgn/_extension.py``). Both routes read the same source
-list and flags from ``revgn/_build_config.py``.
+when torch is importable at build time (``pip install --no-build-isolation .``); otherwise the
+same module is compiled just in time on first use (see ``revgn/_extension.py``). Both routes read
+the same source list and flags from ``revgn/_build_config.py``.
 
 Flags: ``REVGN_SKIP_EXT=1`` skips the extension, ``REVGN_FORCE_CUDA=1`` fails unless the CUDA part
 builds.

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from revgn.bench import STEPS, WORKLOADS, make_problem, step_case
+from revgn.cli.bench import STEPS, WORKLOADS, make_problem, step_case
 
 
 def profile_step(case, name="gn_auto", steps=3, top=15):

@@ -8,7 +8,7 @@ The table times ``EGN.direction`` (forward, Gram, float64 row solve, ``J^T u``) 
 784-1024-1024-10 (ReLU), b = 128, cross-entropy, float32, CPU.
 
 Method. Each path runs in its own child process, so neither inherits the other's heap. Peak
-memory is ``revgn.bench.peak_memory_rise``: the rise of the process's peak resident set
+memory is ``revgn.cli.bench.peak_memory_rise``: the rise of the process's peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``) over one direction, after a first,
 warm-up direction; the child's allocator maps every buffer of 64 KiB or more on its own
 (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the resident set and the peak counts every
@@ -53,7 +53,7 @@ def direction_fn(path, widths=WIDTHS, batch=BATCH):
 
 def _child(path, widths, batch, repeats):
     """Runs in the child: prints one JSON line with the median time and the peak rise."""
-    from revgn.bench import peak_memory_rise
+    from revgn.cli.bench import peak_memory_rise
     fn = direction_fn(path, widths, batch)
     times, out = [], []
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import revgn
-from revgn.bench import STEPS, Case, make_problem, memory_case, paper_mnist_case
+from revgn.cli.bench import STEPS, Case, make_problem, memory_case, paper_mnist_case
 from revgn.data import default_mnist_dir
 
 

@@ -1,5 +1,7 @@
-// Schemas of the revgn ops. Always built; the CPU and CUDA implementations register separately.
-// The equations are in revgn/ops/*.py beside the pure-PyTorch references.
+// Schemas of the revgn ops. Always built; the CPU and CUDA implementations of op <op> register
+// separately, in cpu/<file>.cpp and cuda/<file>_glue.cpp, named as revgn/ops/<file>.py where
+// the equation is, beside the pure-PyTorch reference. An op the reference already does as one
+// library call (jt_update_'s addmm, gram on a GPU: one cuBLAS GEMM) has no compiled kernel.
 #include <torch/library.h>
 
 TORCH_LIBRARY(revgn, m) {
@@ -10,14 +12,12 @@ TORCH_LIBRARY(revgn, m) {
   m.def("coupling_tangent(Tensor pre, Tensor du, Tensor? C, Tensor W, str activation) -> Tensor");
   // K = A A^T (+ 1 1^T)
   m.def("gram(Tensor A, bool bias) -> Tensor");
-  // W += alpha Z^T A,  b += alpha 1^T Z
-  m.def("jt_update_(Tensor(a!) W, Tensor(b!)? b, Tensor A, Tensor Z, float alpha) -> ()");
   // K + damping I = L L^T,  Z = (L L^T)^-1 R; info per system (LAPACK convention)
   m.def("cholesky_factor_solve(Tensor K, Tensor R, float damping) -> (Tensor, Tensor, Tensor)");
 }
 
-// Importable as revgn._C when built ahead of time (the just-in-time build loads the library
-// directly); the module itself is empty, the ops live in torch.ops.revgn.
+// Imported as revgn._C whether built ahead of time (setup.py) or just in time
+// (revgn/_extension.py); the module itself is empty, the ops live in torch.ops.revgn.
 #include <Python.h>
 
 extern "C" {

@@ -12,10 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-from revgn.activations import LEAKY_RELU_SLOPE
+from revgn.activations import ACTIVATIONS, LEAKY_RELU_SLOPE
 
-# Integer codes of the activations of revgn/activations.py, as the kernels' ACT constexpr.
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "gelu": 4, "silu": 5}
+# The kernels' ACT constexpr: the codes of revgn.activations, the one table of activations.
+ACTIVATION_CODES = {name: act.code for name, act in ACTIVATIONS.items()}
+_IDENTITY = tl.constexpr(ACTIVATION_CODES["identity"])
+_RELU = tl.constexpr(ACTIVATION_CODES["relu"])
+_LEAKY_RELU = tl.constexpr(ACTIVATION_CODES["leaky_relu"])
+_TANH = tl.constexpr(ACTIVATION_CODES["tanh"])
+_GELU = tl.constexpr(ACTIVATION_CODES["gelu"])
+_SILU = tl.constexpr(ACTIVATION_CODES["silu"])
 LEAKY_SLOPE = tl.constexpr(LEAKY_RELU_SLOPE)
 SQRT_HALF = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)    # 1 / sqrt(2 pi)
@@ -51,11 +57,6 @@ def check_operands(*tensors):
             raise TypeError(f"operands must share one dtype and device; got {t.dtype} on "
                             f"{t.device} beside {dtype} on {device}")
     return dtype
-
-
-def any_empty(*tensors) -> bool:
-    """Whether a launch would have no work (Triton refuses an empty grid)."""
-    return any(t is not None and t.numel() == 0 for t in tensors)
 
 
 def on_device(t: torch.Tensor):
@@ -159,7 +160,7 @@ def _multiprocessors(index: int) -> int:
 def gpu_tiles(dtype: torch.dtype, precision: str, accumulators: int = 1, square: bool = False,
               dot: bool = True) -> Tiles:
     """Hopper-sized tiles before any shrinking, checked for register spills on sm90 with ptxas
-    through Triton's ahead-of-time compiler (``_compile_check``):
+    through Triton's ahead-of-time compiler (``_compile_all``):
 
     ========================  ===================  ====================  ===================
     dtype / products          one accumulator      two (stacked), each   square (Gram)
@@ -272,28 +273,29 @@ def activation_and_slope(p, ACT: tl.constexpr):
     """
     one = _constant(p, 1.0)
     zero = _constant(p, 0.0)
-    if ACT == 0:    # identity
+    if ACT == _IDENTITY:
         value = p
         slope = one
-    elif ACT == 1:  # relu
+    elif ACT == _RELU:
         value = tl.where(p > 0, p, zero)
         slope = tl.where(p > 0, one, zero)
-    elif ACT == 2:  # leaky_relu
+    elif ACT == _LEAKY_RELU:
         leak = _constant(p, LEAKY_SLOPE)
         value = tl.where(p > 0, p, leak * p)
         slope = tl.where(p > 0, one, leak)
-    elif ACT == 3:  # tanh
+    elif ACT == _TANH:
         # tanh|p| = (1 - e) / (1 + e), e = exp(-2|p|) <= 1: no overflow at either end, and the
         # absolute error stays at one rounding of 1 (what A = s(P) and x = y - A W^T need).
         e = tl.exp(-2.0 * tl.abs(p))
         t = (one - e) / (one + e)
         value = tl.where(p < 0, -t, t)
         slope = one - t * t
-    elif ACT == 4:  # gelu, exact: p Phi(p), Phi'(p) = phi(p)
+    elif ACT == _GELU:  # exact: p Phi(p), Phi'(p) = phi(p)
         cdf = 0.5 * (one + tl.erf(p * _constant(p, SQRT_HALF)))
         value = p * cdf
         slope = cdf + p * _constant(p, INV_SQRT_2PI) * tl.exp(-0.5 * p * p)
-    else:           # silu: p sigmoid(p)
+    else:  # _SILU: p sigmoid(p)
+        tl.static_assert(ACT == _SILU, "unknown activation code")
         # exp(-p) overflows to inf for p < -88 (float32): sigmoid -> 0, slope -> 0, as it should.
         sig = one / (one + tl.exp(-p))
         value = p * sig

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (accumulate_product, any_empty, check_operands, exact_scalar,
-                      matmul_launch, on_device, split_scalar)
+from ._common import (accumulate_product, check_operands, exact_scalar, matmul_launch, on_device,
+                      split_scalar)
 
 
 @triton.jit
@@ -57,6 +57,15 @@ def _zt_a_kernel(Z, A, DW, DB, h, m, n, stride_zn, stride_zh, stride_an, stride_
 def _launch(Z, A, dW, db, alpha, accumulate):
     n, h = Z.shape
     m = A.shape[1]
+    if h == 0 or m == 0:
+        # Triton refuses an empty grid. dW is empty; db = 1^T Z still has h entries (a batch
+        # of n = 0 needs no care: the kernel's reduction is then empty and writes zeros).
+        if db is not None:
+            if accumulate:
+                db.add_(Z.sum(dim=0), alpha=alpha)
+            else:
+                db.copy_(Z.sum(dim=0))
+        return
     launch = matmul_launch(h, m, A.dtype, A.device)
     grid = (triton.cdiv(h, launch["BLOCK_M"]), triton.cdiv(m, launch["BLOCK_N"]))
     alpha_hi, alpha_lo = split_scalar(alpha)
@@ -86,18 +95,10 @@ def jt_product(A: torch.Tensor, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """``(dW, db) = (Z^T A, 1^T Z)`` of ``revgn.ops.jt_product``."""
     check_operands(A, Z)
     _check_shapes(A, Z)
-    if any_empty(A, Z):
-        from revgn.ops.jt import jt_product_ref
-        return jt_product_ref(A, Z)
     dW = A.new_empty(Z.shape[1], A.shape[1])
     db = A.new_empty(Z.shape[1])
     _launch(Z, A, dW, db, 1.0, accumulate=False)
     return dW, db
-
-
-@jt_product.register_fake
-def _(A, Z):
-    return A.new_empty(Z.shape[1], A.shape[1]), A.new_empty(Z.shape[1])
 
 
 @torch.library.custom_op("revgn_triton::jt_update_", mutates_args=("W", "b"))
@@ -106,13 +107,4 @@ def jt_update_(W: torch.Tensor, b: torch.Tensor | None, A: torch.Tensor, Z: torc
     """In place, of ``revgn.ops.jt_update_``: ``W += alpha Z^T A``, ``b += alpha 1^T Z``."""
     check_operands(W, b, A, Z)
     _check_shapes(A, Z, W, b)
-    if any_empty(A, Z, W):
-        from revgn.ops.jt import jt_update_ref
-        jt_update_ref(W, b, A, Z, alpha)
-        return
     _launch(Z, A, W, b, float(alpha), accumulate=True)
-
-
-@jt_update_.register_fake
-def _(W, b, A, Z, alpha):
-    return None

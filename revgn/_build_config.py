@@ -38,12 +38,23 @@ def cuda_decision(torch_module, cpp_extension) -> tuple[bool, str]:
 
 
 def sources(root: str, with_cuda: bool) -> list[str]:
+    """The schemas, ``cpu/*.cpp`` and, with CUDA, ``cuda/*.cpp`` and ``cuda/*.cu``."""
     csrc = os.path.join(root, "csrc")
     files = [os.path.join(csrc, "revgn_ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu",
                                                                                    "*.cpp")))
     if with_cuda:
         files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+    # The just-in-time build names each object after its file alone (<stem>.o, <stem>.cuda.o),
+    # the ahead-of-time one after its folder and stem: cpu/gram.cpp beside cuda/gram.cpp would
+    # overwrite one object with the other in the first, gram.cu beside gram.cpp in the second.
+    stems = [os.path.splitext(os.path.relpath(f, csrc))[0] for f in files]
+    objects = [os.path.basename(stem) + (".cuda" if f.endswith(".cu") else "")
+               for stem, f in zip(stems, files)]
+    clashes = sorted({o for o in objects if objects.count(o) > 1} |
+                     {s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise RuntimeError(f"csrc/: sources whose objects would collide: {clashes}")
     return files
 
 

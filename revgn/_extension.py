@@ -1,4 +1,9 @@
-"""Loading the compiled extension: ``revgn._C`` built ahead of time, else a just-in-time build.
+"""Loading the compiled extension ``revgn._C``: built ahead of time (setup.py), else just in time.
+
+Both builds make the same module from the same sources and flags (``revgn._build_config``):
+``_C``, whose import registers the ops in ``torch.ops.revgn``. The just-in-time one is built in a
+cache folder per torch version and CPU/CUDA choice, imported from there and entered in
+``sys.modules`` as ``revgn._C``, so that the rest of the package sees one module either way.
 
 ``load()`` imports or builds once per process and caches the outcome; a failed build warns once
 and every op falls back to the reference path (``backend="auto"``). ``REVGN_SKIP_EXT=1`` skips
@@ -19,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import warnings
 
 _state: dict | None = None
@@ -75,7 +81,7 @@ def _jit_build() -> dict:
                              f"ext-torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}")
     os.makedirs(build_dir, exist_ok=True)
     options = dict(
-        name="revgn_ext" + ("_cuda" if with_cuda else ""),
+        name=config.EXT_NAME.rpartition(".")[2],  # _C: one module, whichever build made it
         sources=config.sources(root, with_cuda),
         extra_cflags=config.cxx_flags() + (["-DREVGN_WITH_CUDA"] if with_cuda else []),
         extra_cuda_cflags=config.nvcc_flags(),
@@ -90,11 +96,13 @@ def _jit_build() -> dict:
         print(f"revgn: compiling the C++ extension just in time into {build_dir} (first use "
               "only, about a minute)", flush=True)
     try:
-        cpp_extension.load(**options, build_directory=build_dir, is_python_module=False,
-                           verbose=False)
+        module = cpp_extension.load(**options, build_directory=build_dir, is_python_module=True,
+                                    verbose=False)
     except Exception as exc:
         raise _record_failure(build_dir, key, exc) from exc
     _clear_failure(build_dir)
+    sys.modules[config.EXT_NAME] = module
+    setattr(sys.modules["revgn"], "_C", module)
     return config.build_record(torch, with_cuda, why, "jit")
 
 
@@ -230,18 +238,25 @@ def _load_once() -> dict:
             if isinstance(exc, BuildFailed) and exc.log_path:
                 record["log"] = exc.log_path
             return record
-    from revgn import _fake  # noqa: F401  (fake kernels for torch.compile / opcheck)
+    from revgn.ops.table import register_fakes
+    register_fakes("revgn")  # shape-only kernels for torch.compile and opcheck
     return record
 
 
-def registered(device_type: str) -> bool:
-    """Whether the loaded extension registered its ops for ``device_type`` ("cpu" or
-    "cuda"): asked of the dispatcher itself, so an install that lost its build record still
+#: an op every build of the extension implements on every device type it was built for
+PROBE_OP = "coupling_inverse_with_tangent"
+
+
+def registered(device_type: str, op: str = PROBE_OP) -> bool:
+    """Whether the loaded extension registered a kernel of ``op`` for ``device_type`` ("cpu"
+    or "cuda"): asked of the dispatcher itself, so an install that lost its build record still
     tells the truth."""
     import torch
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
     try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key("revgn::gram", key))
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"revgn::{op}", key))
     except RuntimeError:  # the op was never defined: nothing was loaded
         return False
 

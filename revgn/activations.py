@@ -1,7 +1,10 @@
-"""Elementwise activations with their derivatives.
+"""Elementwise activations with their derivatives: the one table of activations.
 
 The GN sweep pushes tangents through ``s(u C)``, so every activation needs ``s'`` in closed form:
-the tangent of ``s(P)`` along ``dP`` is ``s'(P) * dP``.
+the tangent of ``s(P)`` along ``dP`` is ``s'(P) * dP``. The fast backends know the activations by
+``Activation.code``: the Triton kernels read the codes from here, the C++ extension's
+``csrc/activation.h`` spells the same codes and slope (``tests/test_op_table.py`` holds them to
+this table).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ LEAKY_RELU_SLOPE = 0.01
 @dataclass(frozen=True)
 class Activation:
     name: str
+    #: the integer the kernels switch on (Triton's ACT constexpr, the C++ enum)
+    code: int
     fn: Callable[[torch.Tensor], torch.Tensor]
     grad: Callable[[torch.Tensor], torch.Tensor]
     #: s(u C) is linear in u, so rank(A) <= h: used to predict rank deficiency.
@@ -65,14 +70,14 @@ def _silu_grad(p):
 
 
 ACTIVATIONS = {
-    "identity": Activation("identity", lambda p: p, torch.ones_like, linear=True,
+    "identity": Activation("identity", 0, lambda p: p, torch.ones_like, linear=True,
                            inplace=lambda p: p),
-    "relu": Activation("relu", F.relu, _relu_grad, inplace=torch.relu_),
-    "leaky_relu": Activation("leaky_relu", lambda p: F.leaky_relu(p, LEAKY_RELU_SLOPE),
+    "relu": Activation("relu", 1, F.relu, _relu_grad, inplace=torch.relu_),
+    "leaky_relu": Activation("leaky_relu", 2, lambda p: F.leaky_relu(p, LEAKY_RELU_SLOPE),
                              _leaky_grad, inplace=lambda p: F.leaky_relu_(p, LEAKY_RELU_SLOPE)),
-    "tanh": Activation("tanh", torch.tanh, _tanh_grad, inplace=torch.tanh_),
-    "gelu": Activation("gelu", F.gelu, _gelu_grad),
-    "silu": Activation("silu", F.silu, _silu_grad),
+    "tanh": Activation("tanh", 3, torch.tanh, _tanh_grad, inplace=torch.tanh_),
+    "gelu": Activation("gelu", 4, F.gelu, _gelu_grad),
+    "silu": Activation("silu", 5, F.silu, _silu_grad),
 }
 
 

@@ -26,8 +26,8 @@ def check_backend_name(name: str) -> str:
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
-        import revgn
-        revgn.load_kernels()
+        from revgn._triton import load_kernels
+        load_kernels()
     except Exception:  # pragma: no cover - depends on the install
         return False
     return True

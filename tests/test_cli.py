@@ -131,7 +131,7 @@ def test_every_option_has_help():
     import argparse
 
     from revgn.cli import build_parser
-    from revgn.egn.examples import build_parser as examples_parser
+    from revgn.cli.egn_examples import build_parser as examples_parser
     from revgn.experiments import NAMES
     from revgn.experiments.config import build_parser as experiment_parser
     parsers = [experiment_parser(NAMES)]
@@ -178,7 +178,7 @@ def test_the_jit_script_warning_is_real_and_filtered(tmp_path):
     code = textwrap.dedent("""
         import sys, warnings
         if sys.argv[1:] == ["quiet"]:
-            from revgn._cli import quiet_third_party_warnings
+            from revgn.cli.common import quiet_third_party_warnings
             quiet_third_party_warnings()
         import torch
         torch.func.jvp(torch.sin, (torch.ones(2),), (torch.ones(2),))
@@ -203,14 +203,15 @@ def test_check_passes_on_the_extension_built_here(capsys):
 
 
 def test_check_fails_on_a_wrong_kernel(monkeypatch):
-    from revgn import backend, check
+    from revgn import backend
+    from revgn.cli import backend_check
     from revgn.ops import table
     if not backend.available("cpp", "cpu"):
         import pytest
         pytest.skip("the revgn extension is not built here")
     real = plant_gram_error(table)
     try:
-        rows = check.check("cpu", ["cpp"])
+        rows = backend_check.check("cpu", ["cpp"])
     finally:
         table.implementation = real
         table._bind_resolved.cache_clear()

@@ -336,7 +336,7 @@ def test_sweep_labels_with_other_experiments_and_the_resume_keys():
     # options existed, so older output folders still resume
     spec = EXPERIMENTS["minibatch"](_config("minibatch"))[0][0]
     assert "eval_every" not in spec.as_dict() and spec.label is None
-    from revgn._cli import UsageError
+    from revgn.cli.common import UsageError
     with pytest.raises(UsageError, match="exclude each other"):
         _config("minibatch", "--adam-lr", "1e-3", "--adam-lrs", "1e-4")
     with pytest.raises(UsageError, match="repeats"):

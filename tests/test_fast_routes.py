@@ -152,7 +152,7 @@ def test_a_coupling_truncated_last_step_skips_the_cholesky_and_solves_the_same()
 
 @pytest.fixture(scope="module")
 def paper_mnist():
-    from revgn.bench import _mnist_batch, paper_mnist_case
+    from revgn.cli.bench import _mnist_batch, paper_mnist_case
     from revgn.data import default_mnist_dir
     folder = default_mnist_dir()
     if folder is None or not any(folder.glob("train-images-idx3-ubyte*")):

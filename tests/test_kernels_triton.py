@@ -20,7 +20,7 @@ import revgn  # noqa: E402
 from revgn import ops  # noqa: E402
 from revgn.ops import (cholesky_factor_solve_ref, coupling_inverse_with_tangent_ref,  # noqa: E402
                        coupling_tangent_ref, gram_ref, jt_product_ref, jt_update_ref)
-from revgn.check import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
+from revgn.cli.backend_check import TOL, coupling_inputs, rel, spd_batch  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -285,11 +285,27 @@ def test_the_op_table_routes_to_triton():
         assert rel(got, want) < 1e-13
 
 
-def test_empty_batch_falls_back():
-    args = coupling_inputs(0, 3, 7, torch.float32, device=DEVICE)
-    x, dx, A, k = kernels.coupling_inverse_with_tangent(*args, "relu")
-    assert x.shape == (0, 3) and A.shape == (0, 7)
-    assert kernels.gram(torch.zeros(0, 4, device=DEVICE), True).shape == (0, 0)
+@pytest.mark.parametrize("n,h,M", [(0, 3, 7), (4, 0, 7), (4, 3, 0)])
+def test_empty_operands(n, h, M):
+    """An empty batch, half width or bottleneck: no launch on an empty grid, and what the
+    reference gives (``x = y - b`` and ``db = 1^T Z`` have entries when ``M = 0``)."""
+    g = dict(dtype=torch.float64, device=DEVICE)
+    args = coupling_inputs(n, h, M, torch.float64, device=DEVICE)
+    for got, want in zip(kernels.coupling_inverse_with_tangent(*args, "gelu"),
+                         coupling_inverse_with_tangent_ref(*args, "gelu")):
+        assert got.shape == want.shape and torch.equal(got, want)
+    u, du, _, _, C, W, _ = args
+    assert torch.equal(kernels.coupling_tangent(u @ C, du, C, W, "tanh"),
+                       coupling_tangent_ref(u @ C, du, C, W, "tanh"))
+    A, Z = torch.randn(n, M, **g), torch.randn(n, h, **g)
+    for got, want in ((kernels.gram(A, True), gram_ref(A, True)),
+                      *zip(kernels.jt_product(A, Z), jt_product_ref(A, Z))):
+        assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-12, atol=0)
+    W, b = torch.randn(h, M, **g), torch.randn(h, **g)
+    W_ref, b_ref = W.clone(), b.clone()
+    kernels.jt_update_(W, b, A, Z, 0.5)
+    jt_update_ref(W_ref, b_ref, A, Z, 0.5)
+    assert torch.equal(W, W_ref) and torch.allclose(b, b_ref, rtol=1e-12, atol=0)
 
 
 def test_rejects_mixed_dtypes_and_half():
@@ -336,7 +352,7 @@ def test_kernels_compile_for_sm90():
     """Triton's ahead-of-time compiler down to a cubin, no GPU needed: lowering errors and
     shared-memory overflows of every kernel at its base tiles, float32 (IEEE, TF32, TF32x3)
     and float64 (with and without tl.dot). Register spills are reported, not failed. The full
-    sweep over shrunk tiles and activations: ``kernels/_compile_check.py``."""
+    sweep over shrunk tiles and activations: ``kernels/_compile_all.py``."""
     import importlib.util
     import subprocess
     import sys
@@ -348,8 +364,8 @@ def test_kernels_compile_for_sm90():
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists() and not os.environ.get("TRITON_PTXAS_PATH"):
         pytest.skip("no ptxas in this Triton")
-    code = ("import revgn, sys; revgn.load_kernels(); from revgn.kernels import _compile_check; "
-            "sys.exit(_compile_check.main(['90', '--quick']))")
+    code = ("import revgn, sys; revgn.load_kernels(); from revgn.kernels import _compile_all; "
+            "sys.exit(_compile_all.main(['90', '--quick']))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=900, cwd=Path(__file__).resolve().parents[1],
                          env=dict(os.environ, TRITON_INTERPRET="0"))

@@ -6,7 +6,9 @@ of the Triton kernels (``revgn_triton::``) may appear. A fast backend, recorded 
 is the positive control that the recording sees them.
 """
 import copy
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +111,8 @@ def test_an_op_needs_the_table():
     K = torch.eye(3, dtype=torch.float64)
     with pytest.raises(TypeError):
         gram_solve(K, K, "cholesky")
-    with pytest.raises(AttributeError):
-        revgn.ops.gram  # noqa: B018 - the dispatching functions are gone: bind a table
+    # the dispatching functions are gone (bind a table); revgn.ops.gram is the op's module
+    assert not [op for op in REFERENCES if callable(getattr(revgn.ops, op, None))]
 
 
 def test_an_unavailable_backend_fails_at_construction():
@@ -136,20 +138,28 @@ def test_the_recording_catches_a_cross_term_on_the_wrong_backend(monkeypatch):
         test_the_reference_backend_runs_only_references(dict(solver="cholesky", rtol=1e-1))
 
 
-def test_one_table_of_activations_in_every_layer():
-    """Python (``revgn.activations``) names every activation; the Triton kernels and the C++
-    extension know exactly those (the C++ leaky slope checked by value), and reject others."""
-    import re
-    from pathlib import Path
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
+
+def test_one_table_of_activations_in_every_layer():
+    """``revgn.activations`` is the table: every name with its code. The Triton kernels take
+    their codes from it; the C++ extension spells the same names, codes and leaky slope
+    (``csrc/activation.h``, ``csrc/ops_common.h``), computes the same functions and rejects
+    other names."""
     from revgn.activations import ACTIVATIONS, LEAKY_RELU_SLOPE
     from revgn.ops import coupling_tangent_ref
-    names = set(ACTIVATIONS)
-    header = (Path(revgn.__file__).resolve().parents[1] / "csrc" / "activation.h").read_text()
+    codes = {name: act.code for name, act in ACTIVATIONS.items()}
+    assert sorted(codes.values()) == list(range(len(codes)))
+    header = (CSRC / "activation.h").read_text()
     slope = float(re.search(r"kLeakySlope\s*=\s*([0-9.eE+-]+)", header).group(1))
     assert slope == LEAKY_RELU_SLOPE
+    enum = dict(re.findall(r"(\w+)\s*=\s*(\d+)", re.search(r"enum class Activation[^{]*{([^}]*)}",
+                                                          header).group(1)))
+    parsed = dict(re.findall(r'name == "(\w+)"\) return Activation::(\w+);',
+                             (CSRC / "ops_common.h").read_text()))
+    assert {name: int(enum[member]) for name, member in parsed.items()} == codes
     if _backend.triton_available():
-        assert set(revgn.load_kernels()._common.ACTIVATION_CODES) == names
+        assert revgn.load_kernels()._common.ACTIVATION_CODES == codes
     if not _backend.available("cpp", torch.device("cpu")):
         pytest.skip("the extension is not built here")
     cpp = bind("cpp", "cpu")
@@ -158,8 +168,39 @@ def test_one_table_of_activations_in_every_layer():
         4, 3, dtype=torch.float64, generator=g)
     C, W = torch.randn(3, 6, dtype=torch.float64, generator=g), torch.randn(
         5, 6, dtype=torch.float64, generator=g)
-    for name in names:
+    for name in codes:
         assert torch.allclose(cpp.coupling_tangent(pre, du, C, W, name),
                               coupling_tangent_ref(pre, du, C, W, name), rtol=1e-12, atol=1e-12)
     with pytest.raises(RuntimeError):
         cpp.coupling_tangent(pre, du, C, W, "softplus")
+
+
+def test_one_small_cholesky_limit_per_kernel():
+    """Each small-Cholesky kernel has one size limit, defined once: ``kSmallCholeskyMax`` in
+    ``csrc/limits.h`` for the CPU and CUDA code (the CUDA factor lives in static shared
+    memory), ``MAX_SMALL_N`` per dtype for Triton (its factor is one register tile). At the
+    limit the kernel runs, one past it the vendor library: both agree with the reference."""
+    defined = [(path.name, m) for path in sorted(CSRC.rglob("*")) if path.is_file()
+               for m in re.findall(r"constexpr int kSmallCholeskyMax = (\d+);",
+                                   path.read_text())]
+    assert len(defined) == 1 and defined[0][0] == "limits.h", defined
+    limits = {"cpp": {dtype: int(defined[0][1]) for dtype in (torch.float32, torch.float64)}}
+    if _backend.available("triton", torch.device("cpu")):
+        limits["triton"] = revgn.load_kernels().MAX_SMALL_N
+    if not _backend.available("cpp", torch.device("cpu")):
+        limits.pop("cpp")
+    if not limits:
+        pytest.skip("no small-Cholesky kernel runs here")
+    for name, by_dtype in limits.items():
+        table = bind(name, "cpu")
+        assert table.implemented()["cholesky_factor_solve"]
+        for dtype, limit in by_dtype.items():
+            for n in (limit, limit + 1):
+                X = torch.randn(2, n, n + 3, dtype=dtype)
+                K, R = X @ X.mT + torch.eye(n, dtype=dtype), torch.randn(2, n, 2, dtype=dtype)
+                L, Z, info = table.cholesky_factor_solve(K, R, 0.0)
+                L_ref, Z_ref, _ = REFERENCES["cholesky_factor_solve"](K, R, 0.0)
+                tol = 1e-3 if dtype == torch.float32 else 1e-9
+                assert info.tolist() == [0, 0], (name, dtype, n)
+                assert (Z - Z_ref).norm() <= tol * Z_ref.norm(), (name, dtype, n)
+                assert (L - L_ref).norm() <= tol * L_ref.norm(), (name, dtype, n)

@@ -1,7 +1,7 @@
 // Batched small Cholesky factor-and-solve, one thread block per system, the matrix in shared
 // memory: the per-sample k x k softmax-Hessian systems and small Gram matrices.
 //   K + damping I = L L^T,  L w = r,  L^T z = w
-#include "kernels.h"
+#include "cholesky.h"
 
 namespace revgn {
 namespace {

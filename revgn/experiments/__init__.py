@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from revgn._cli import data_error, require_device
+from revgn.cli.common import data_error, require_device
 from revgn.data import load_dataset
 from revgn.experiments import arbel, plots
 from revgn.experiments.config import QUICK_EXAMPLES, build_parser, make_config

@@ -17,7 +17,7 @@ QUICK_EXAMPLES = (512, 256)  # training, test examples of a --quick run
 
 
 def build_parser(names) -> argparse.ArgumentParser:
-    from revgn._cli import EXIT_STATUS, HelpFormatter, positive_float, positive_int
+    from revgn.cli.common import EXIT_STATUS, HelpFormatter, positive_float, positive_int
     p = argparse.ArgumentParser(
         prog="revgn experiment",
         description="The papers' experiments (docs/EXPERIMENTS.md). Each writes DIR/results.json, "
@@ -92,7 +92,7 @@ def _pick(value, default):
 def make_config(args) -> dict:
     """Every setting the runs depend on, resolved from the flags and the dataset."""
     if args.quick and args.paper:
-        from revgn._cli import UsageError
+        from revgn.cli.common import UsageError
         raise UsageError("--quick and --paper exclude each other")
     arbel = args.name == "arbel-regimes"
     dataset = args.dataset or ("teacher" if arbel else "digits")
@@ -112,10 +112,10 @@ def revmlp_config(args, dataset) -> dict:
     adam_lr = 1e-5 if args.paper and cifar and args.name == "fullbatch" else size["adam_lr"]
     adam_lrs = list(args.adam_lrs) if args.adam_lrs else [_pick(args.adam_lr, adam_lr)]
     if args.adam_lrs and args.adam_lr is not None:
-        from revgn._cli import UsageError
+        from revgn.cli.common import UsageError
         raise UsageError("--adam-lr and --adam-lrs exclude each other")
     if len(set(adam_lrs)) != len(adam_lrs):
-        from revgn._cli import UsageError
+        from revgn.cli.common import UsageError
         raise UsageError(f"--adam-lrs repeats a rate: {adam_lrs}")
     notes = []
     if not args.paper:

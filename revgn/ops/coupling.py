@@ -41,3 +41,15 @@ def coupling_tangent_ref(pre, du, C, W, activation: str):
     act = get_activation(activation)
     dpre = du @ C if C is not None else du.clone()
     return act.mul_grad_(pre, dpre) @ W.t()
+
+
+def coupling_inverse_with_tangent_fake(u, du, y, dy, C, W, b, activation: str):
+    """Shape only (``torch.compile``, ``opcheck``): ``x, dx, k`` (n, h) and ``A`` (n, M)."""
+    n, h = u.shape
+    M = C.shape[1] if C is not None else h
+    return u.new_empty(n, h), u.new_empty(n, h), u.new_empty(n, M), u.new_empty(n, h)
+
+
+def coupling_tangent_fake(pre, du, C, W, activation: str):
+    """Shape only: ``k`` is (n, h_out), h_out the rows of ``W``."""
+    return du.new_empty(du.shape[0], W.shape[0])

@@ -20,8 +20,8 @@ Methods:
   ``Z = P (P K P + tau (I - P))^-1 P R``. It keeps what ``eigh`` keeps except within
   ``PROJECTOR_BAND`` of the threshold.
 
-The kernel behind ``cholesky`` and ``damped`` is ``cholesky_factor_solve`` (one system per program
-on GPU); the fallback logic here is shared by every backend.
+The kernel behind ``cholesky`` and ``damped`` is ``cholesky_factor_solve`` (``revgn.ops.cholesky``;
+one system per program on GPU); the fallback logic here is shared by every backend.
 """
 from __future__ import annotations
 
@@ -45,19 +45,6 @@ class GramSolution(NamedTuple):
     Z: torch.Tensor       # (B, n, k)
     rank: torch.Tensor    # (B,) int64: eigenvalues used
     status: torch.Tensor  # (B,) int32: SOLVED, FELL_BACK (cholesky -> eigh), NONFINITE
-
-
-def cholesky_factor_solve_ref(K, R, damping: float):
-    """Factor ``K + damping I = L L^T`` and solve; returns ``(L, Z, info)``.
-
-    ``info`` (B,) int32 is 0 on success, else the order of the first non-positive leading minor
-    (LAPACK's convention); ``Z`` is unspecified for failed systems.
-    """
-    if damping:
-        K = K + damping * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    L, info = torch.linalg.cholesky_ex(K)
-    Z = torch.cholesky_solve(R, L)
-    return L, Z, info.to(torch.int32)
 
 
 def _start_vector(K):

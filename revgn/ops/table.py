@@ -18,19 +18,28 @@ from typing import Callable
 import torch
 
 from revgn import backend as _backend
+from revgn.ops import cholesky, coupling, gram, jt
 from revgn.ops._dispatch import implementation
-from revgn.ops.coupling import coupling_inverse_with_tangent_ref, coupling_tangent_ref
-from revgn.ops.jt import gram_ref, jt_product_ref, jt_update_ref
-from revgn.ops.solve import cholesky_factor_solve_ref
 
 #: op name -> its reference implementation; one entry per op of every backend
 REFERENCES: dict[str, Callable] = {
-    "coupling_inverse_with_tangent": coupling_inverse_with_tangent_ref,
-    "coupling_tangent": coupling_tangent_ref,
-    "gram": gram_ref,
-    "jt_product": jt_product_ref,
-    "jt_update_": jt_update_ref,
-    "cholesky_factor_solve": cholesky_factor_solve_ref,
+    "coupling_inverse_with_tangent": coupling.coupling_inverse_with_tangent_ref,
+    "coupling_tangent": coupling.coupling_tangent_ref,
+    "gram": gram.gram_ref,
+    "jt_product": jt.jt_product_ref,
+    "jt_update_": jt.jt_update_ref,
+    "cholesky_factor_solve": cholesky.cholesky_factor_solve_ref,
+}
+
+#: op name -> its fake (shape-only) implementation, beside the reference in the op's module;
+#: ``register_fakes`` gives it to every backend's op of that name
+FAKES: dict[str, Callable] = {
+    "coupling_inverse_with_tangent": coupling.coupling_inverse_with_tangent_fake,
+    "coupling_tangent": coupling.coupling_tangent_fake,
+    "gram": gram.gram_fake,
+    "jt_product": jt.jt_product_fake,
+    "jt_update_": jt.jt_update_fake,
+    "cholesky_factor_solve": cholesky.cholesky_factor_solve_fake,
 }
 
 
@@ -68,3 +77,16 @@ def _bind_resolved(name: str, device: torch.device) -> OpTable:
 def reference_ops() -> OpTable:
     """The table of references: what every backend is compared with, on any device."""
     return _bind_resolved("reference", torch.device("cpu"))
+
+
+def register_fakes(namespace: str) -> list[str]:
+    """Register ``FAKES`` for the ops defined in ``torch.ops.<namespace>`` (the compiled
+    extension's ``revgn``, the Triton kernels' ``revgn_triton``): one fake per op, whatever
+    backend implements it. Returns the op names registered. Call once per namespace."""
+    ops = getattr(torch.ops, namespace)
+    done = []
+    for op, fake in FAKES.items():
+        if hasattr(ops, op):
+            torch.library.register_fake(f"{namespace}::{op}")(fake)
+            done.append(op)
+    return done

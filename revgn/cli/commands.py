@@ -1,4 +1,5 @@
-"""The ``revgn`` command line: demo, info, check, bench, experiment, egn-examples."""
+"""The ``revgn`` command: its parser and the dispatch to demo, info, check, bench, experiment
+and egn-examples."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import warnings
 
 import torch
 
-from revgn._cli import (EXIT_STATUS, HelpFormatter, UsageError, device, positive_int,
+from revgn.cli.common import (EXIT_STATUS, HelpFormatter, UsageError, device, positive_int,
                         quiet_third_party_warnings, require_device, require_mnist)
 
 
@@ -60,14 +61,14 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
-    from revgn import demo
+    from revgn.cli import demo
     return demo.main(args)
 
 
 def _check(args) -> int:
     require_device(args.device)
-    from revgn import check
-    return check.main(args)
+    from revgn.cli import backend_check
+    return backend_check.main(args)
 
 
 def _bench(args) -> int:
@@ -76,7 +77,7 @@ def _bench(args) -> int:
         args.data_dir = str(require_mnist(args.data_dir))
     print(f"revgn bench: writing bench.json and bench.png to {os.path.abspath(args.out)} (--out)",
           file=sys.stderr, flush=True)
-    from revgn import bench
+    from revgn.cli import bench
     return bench.main(args)
 
 
@@ -162,7 +163,7 @@ def _dispatch(argv) -> int:
         from revgn.experiments import main as experiment_main
         return experiment_main(argv[1:]) or 0
     if argv and argv[0] == "egn-examples":
-        from revgn.egn.examples import main as egn_main
+        from revgn.cli.egn_examples import main as egn_main
         return egn_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.func(args) or 0

@@ -1,7 +1,7 @@
 // Elementwise epilogues between the GEMMs of a coupling inversion (DESIGN §3, steps 1-2):
 //   A = s(P), S = s'(P) * dP           (activation_kernel)
 //   x = y - A W^T - b, dx = dy - k     (inverse_epilogue_kernel)
-#include "kernels.h"
+#include "coupling.h"
 
 namespace revgn {
 namespace {

@@ -1,19 +1,10 @@
-// CUDA glue: GEMMs through ATen (cuBLAS), the epilogues and small solves through kernels.h.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
-#include "../ops_common.h"
-#include "kernels.h"
+// CUDA glue of the coupling ops (revgn/ops/coupling.py): GEMMs through ATen (cuBLAS), the
+// elementwise epilogues between them through coupling.h.
+#include "coupling.h"
+#include "glue.h"
 
 namespace revgn {
 namespace {
-
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "revgn: ", what, " failed: ", cudaGetErrorString(err));
-}
 
 template <typename T>
 void activation_(at::Tensor& pre, at::Tensor& dpre, Activation act, bool write_activation) {
@@ -64,54 +55,11 @@ at::Tensor coupling_tangent_cuda(const at::Tensor& pre, const at::Tensor& du,
   return at::mm(S, W.t());
 }
 
-at::Tensor gram_cuda(const at::Tensor& A, bool bias) {
-  TORCH_CHECK(A.dim() == 2, "revgn: A must be (n, M)");
-  c10::cuda::CUDAGuard guard(A.device());
-  at::Tensor K = at::mm(A, A.t());
-  if (bias) K.add_(1);
-  return K;
-}
-
-void jt_update_cuda(at::Tensor W, const std::optional<at::Tensor>& b, const at::Tensor& A,
-                    const at::Tensor& Z, double alpha) {
-  TORCH_CHECK(A.dim() == 2 && Z.dim() == 2 && A.size(0) == Z.size(0),
-              "revgn: A (n, M) and Z (n, h) must share n");
-  c10::cuda::CUDAGuard guard(W.device());
-  W.addmm_(Z.t(), A, /*beta=*/1, /*alpha=*/alpha);
-  if (b.has_value()) b->add_(Z.sum(0), alpha);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cholesky_factor_solve_cuda(const at::Tensor& K,
-                                                                          const at::Tensor& R,
-                                                                          double damping) {
-  check_square_batch(K, R);
-  c10::cuda::CUDAGuard guard(K.device());
-  const int64_t n = K.size(1);
-  at::Tensor L = (damping != 0.0 ? K + damping * at::eye(n, K.options()) : K).contiguous().clone();
-  if (n > kSmallCholeskyMax) {  // the vendor library (cuSOLVER) for large systems
-    auto [factor, info] = at::linalg_cholesky_ex(L);
-    return {factor, at::cholesky_solve(R, factor), info.to(at::kInt)};
-  }
-  at::Tensor Z = R.contiguous().clone();
-  at::Tensor info = at::zeros({K.size(0)}, K.options().dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES(K.scalar_type(), "cholesky_factor_solve_cuda", [&] {
-    CholeskyParams<scalar_t> p{L.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(),
-                               info.data_ptr<int32_t>(), K.size(0), static_cast<int>(n),
-                               static_cast<int>(R.size(2))};
-    check_cuda(launch_small_cholesky<scalar_t>(p, c10::cuda::getCurrentCUDAStream()),
-               "small Cholesky");
-  });
-  return {L, Z, info};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(revgn, CUDA, m) {
   m.impl("coupling_inverse_with_tangent", &coupling_inverse_with_tangent_cuda);
   m.impl("coupling_tangent", &coupling_tangent_cuda);
-  m.impl("gram", &gram_cuda);
-  m.impl("jt_update_", &jt_update_cuda);
-  m.impl("cholesky_factor_solve", &cholesky_factor_solve_cuda);
 }
 
 }  // namespace revgn

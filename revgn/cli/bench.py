@@ -250,7 +250,7 @@ def memory_case(case: Case, names=("gn_auto", "adam"), in_process: bool = False)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = {}
     for name in names:
-        code = ("import json, sys; from revgn.bench import Case, _memory_in_this_process; "
+        code = ("import json, sys; from revgn.cli.bench import Case, _memory_in_this_process; "
                 "print(json.dumps(_memory_in_this_process(Case(**json.loads(sys.argv[1])), "
                 "sys.argv[2])))")
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case)), name],

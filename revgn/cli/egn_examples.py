@@ -121,7 +121,7 @@ def format_task(name, rows) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from revgn._cli import EXIT_STATUS, HelpFormatter, positive_int
+    from revgn.cli.common import EXIT_STATUS, HelpFormatter, positive_int
     parser = argparse.ArgumentParser(
         prog="revgn egn-examples",
         description="EGN vs Adam vs SGD on scikit-learn's bundled digits (classification) and "

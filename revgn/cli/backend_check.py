@@ -205,7 +205,7 @@ def format_rows(rows) -> str:
 
 
 def main(args) -> int:
-    from revgn._cli import UsageError, require_device
+    from revgn.cli.common import UsageError, require_device
     from revgn.backend import triton_interpreted
     require_device(args.device)
     device = torch.device(args.device)

@@ -1,7 +1,7 @@
 """Compile every kernel configuration the launchers can choose, for an NVIDIA target, with no GPU.
 
     TRITON_INTERPRET=0 python -c "import revgn, sys; revgn.load_kernels(); \
-        from revgn.kernels import _compile_check; sys.exit(_compile_check.main())" [90] [--quick]
+        from revgn.kernels import _compile_all; sys.exit(_compile_all.main())" [90] [--quick]
 
 Triton's ahead-of-time compiler (``triton.compile`` on an ``ASTSource`` with a ``GPUTarget``)
 runs the whole pipeline down to a cubin with the ptxas bundled in Triton's wheel, so lowering
@@ -28,6 +28,7 @@ from .jt import _zt_a_kernel
 TYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64"}
 FLOAT_SCALARS = ("alpha_hi", "alpha_lo", "shift_hi", "shift_lo")
 INT_POINTERS = ("INFO",)
+IDENTITY, GELU = _common.ACTIVATION_CODES["identity"], _common.ACTIVATION_CODES["gelu"]
 
 
 @dataclass
@@ -120,8 +121,8 @@ def configurations(quick: bool = False):
                 if quick:
                     stacked, single, square = stacked[:1], single[:1], square[:1]
                 for i, t in enumerate(stacked):
-                    acts = (0, 4) if quick else range(len(_common.ACTIVATION_CODES)) if i == 0 \
-                        else (4,)
+                    acts = (IDENTITY, GELU) if quick else \
+                        _common.ACTIVATION_CODES.values() if i == 0 else (GELU,)
                     for act in acts:
                         for has_rhs in (True, False):
                             yield (_stacked_matmul_kernel, dtype,
@@ -129,11 +130,11 @@ def configurations(quick: bool = False):
                                         HAS_RHS=has_rhs, HAS_BIAS=False, **common,
                                         **tiles_of(t)), t.num_warps, t.num_stages)
                     yield (_stacked_matmul_kernel, dtype,
-                           dict(EPILOGUE=INVERT, ACT=0, HAS_TOP=True, HAS_RHS=True,
+                           dict(EPILOGUE=INVERT, ACT=IDENTITY, HAS_TOP=True, HAS_RHS=True,
                                 HAS_BIAS=True, **common, **tiles_of(t)),
                            t.num_warps, t.num_stages)
-                    for epilogue, act, has_rhs in ((PUSH, 4, True), (PUSH, 4, False),
-                                                   (STORE, 0, True)):
+                    for epilogue, act, has_rhs in ((PUSH, GELU, True), (PUSH, GELU, False),
+                                                   (STORE, IDENTITY, True)):
                         yield (_stacked_matmul_kernel, dtype,
                                dict(EPILOGUE=epilogue, ACT=act, HAS_TOP=False, HAS_RHS=has_rhs,
                                     HAS_BIAS=False, **common, **tiles_of(t)),

@@ -1,5 +1,5 @@
-// CUDA kernels of revgn: plain parameter structs and launchers, no torch, so that
-// `nvcc -c epilogue.cu cholesky.cu` checks them on their own.
+// CUDA kernels of the coupling ops (coupling.cu): plain parameter structs and launchers, no
+// torch, so that `nvcc -c coupling.cu` checks them on their own.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "../activation.h"
-#include "../limits.h"
 
 namespace revgn {
 
@@ -34,24 +33,9 @@ struct InverseEpilogueParams {
   int64_t h;
 };
 
-// Batched small Cholesky: L (B, n, n) holds K + damping I on entry and the factor on exit
-// (upper triangle zeroed); Z (B, n, k) holds R on entry and the solution on exit; info (B,)
-// gets 0 or the order of the first non-positive pivot. One thread block per system.
-template <typename T>
-struct CholeskyParams {
-  T* L;
-  T* Z;
-  int32_t* info;
-  int64_t batch;
-  int n;
-  int k;
-};
-
 template <typename T>
 cudaError_t launch_activation(const ActivationParams<T>& p, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_inverse_epilogue(const InverseEpilogueParams<T>& p, cudaStream_t stream);
-template <typename T>
-cudaError_t launch_small_cholesky(const CholeskyParams<T>& p, cudaStream_t stream);
 
 }  // namespace revgn
