@@ -260,7 +260,7 @@ def test_configs_every_experiment_builds_its_runs():
     assert small["width"] == 1000 and small["init_stds"] == [0.1, 1] and small["rel_tol"] == 1e-3
     keys = [k for k, _ in arbel.jobs(small)]
     assert len(keys) == len(set(keys)) == 2 * 3 * 3  # stds x seeds x (2 GN steps + GD)
-    from revgn._cli import UsageError
+    from revgn.cli.common import UsageError
     with pytest.raises(UsageError, match="arbel-regimes options"):
         _config("fullbatch", "--rel-tol", "1e-3")
 

@@ -100,7 +100,7 @@ def make_config(args) -> dict:
                 paper=args.paper, device=args.device,
                 seeds=_pick(args.seeds, (QUICK if args.quick else CPU)["seeds"]))
     if not arbel and any(v is not None for v in (args.init_stds, args.rel_tol, args.gd_steps)):
-        from revgn._cli import UsageError
+        from revgn.cli.common import UsageError
         raise UsageError("--init-stds, --rel-tol and --gd-steps are arbel-regimes options")
     return dict(base, **(arbel_config(args) if arbel else revmlp_config(args, dataset)))
 
