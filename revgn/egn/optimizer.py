@@ -218,12 +218,18 @@ class EGN(torch.optim.Optimizer):
         check_outputs(f, x.shape[0])
         y = check_targets(f, y, self.loss, EGN_LOSSES)
         om = output_model(f, y, self.loss)
-        mu = f.shape[0] * float(self.param_groups[0]["damping"])
-        u, _ = row_coefficients(jac.gram(), om, mu, ops)
+        gram = jac.gram()
+        u, _ = row_coefficients(gram, om, self._row_damping(gram, f.shape[0]), ops)
         d = {p: t.detach() for p, t in jac.transpose_apply(u.to(f.dtype)).items()}
         for p in self._params():  # a parameter the outputs do not depend on does not move
             d.setdefault(p, torch.zeros_like(p))
         return jac, f, y, om, d
+
+    def _row_damping(self, gram, b: int) -> float:
+        """``mu = b lambda``: the damping as it enters the row system ``(J J^T + mu I) u``
+        (``lambda`` is per sample). ``gram`` is that step's ``J J^T``, for a subclass whose
+        damping depends on it."""
+        return b * float(self.param_groups[0]["damping"])
 
     def _batch_loss(self, f, y) -> float:
         # float64: the Armijo test compares losses that differ by c alpha g^T d, often tiny

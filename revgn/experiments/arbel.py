@@ -39,10 +39,6 @@ from torch import nn
 
 import revgn
 from revgn.data import teacher_student
-from revgn.egn.checks import check_outputs, check_targets
-from revgn.egn.jacobian import row_jacobian
-from revgn.egn.losses import EGN_LOSSES, output_model
-from revgn.egn.rowsystem import row_coefficients
 
 REFIT_RIDGE = 1e-10  # relative to the mean diagonal of Phi Phi^T
 DAMPING_FLOOR = 1e-7  # the authors' epsilon: eps = max(1e-7, s_min(J J^T))
@@ -62,24 +58,13 @@ class DampedGN(revgn.EGN):
         self.floor = float(floor)
         self.last_eps = self.last_smin = None
 
-    def _solve(self, x, y):
-        ops = self._ops(x.device)
-        jac = row_jacobian(self.model, x, self.jacobian, ops)
-        f = jac.outputs.detach()
-        check_outputs(f, x.shape[0])
-        y = check_targets(f, y, self.loss, EGN_LOSSES)
-        om = output_model(f, y, self.loss)
-        gram = jac.gram()
-        b, c = f.shape
+    def _row_damping(self, gram, b: int) -> float:
+        c = gram.shape[-1]
         self.last_smin = smallest_singular_value(gram.reshape(b * c, b * c))
         self.last_eps = max(self.floor, self.last_smin)
         # EGN's damping lambda enters the row system as b lambda; report it in those units
         self.param_groups[0]["damping"] = self.last_eps / b
-        u, _ = row_coefficients(gram, om, self.last_eps, ops)
-        d = {p: t.detach() for p, t in jac.transpose_apply(u.to(f.dtype)).items()}
-        for p in self._params():
-            d.setdefault(p, torch.zeros_like(p))
-        return jac, f, y, om, d
+        return self.last_eps
 
 
 def smallest_singular_value(gram: torch.Tensor) -> float:
