@@ -6,6 +6,13 @@
 - Kernel similarity (alignment, cosine in Frobenius geometry) and Fort et al.'s (2020) kernel
   distance:  ``sim(K0, K1) = <K0, K1>_F / (||K0||_F ||K1||_F)``,  ``dist = 1 - sim``;
   kernel velocity between checkpoints ``t < t'``: ``dist(K_t, K_t') / (t' - t)``.
+- Buffelli et al.'s own NTK measure (their code, ``compute_ntk_similarity``): on a probe batch,
+  with the network's output ``f`` taken *before* the fixed readout (the stream ``X_L``, n x d) and
+  one Gaussian direction ``u ~ N(0, I_{nd})`` shared by both checkpoints,
+  ``sim_u(K0, K1) = <K0 u, K1 u> / (||K0 u|| ||K1 u||)``, ``K u = J (J^T u)``. (They average
+  ``K v_s`` over 100 draws ``v_s`` before the cosine, which is ``K`` times the mean draw, itself
+  one Gaussian direction up to scale: one direction is the same measure.) It is a cosine of two
+  vectors, not of two kernels: it is 1 whenever ``K1 u`` is parallel to ``K0 u``.
 - Linear CKA (Kornblith et al. 2019) of representations ``X (n x p)``, ``Y (n x q)``, with
   ``H = I - 11^T/n``:
   ``CKA = HSIC(XX^T, YY^T) / sqrt(HSIC(XX^T, XX^T) HSIC(YY^T, YY^T))``,
@@ -53,6 +60,44 @@ def ntk_similarity(K0: torch.Tensor, K1: torch.Tensor) -> float:
     positive semi-definite kernels."""
     K0, K1 = K0.to(torch.float64), K1.to(torch.float64)
     return float((K0 * K1).sum() / (K0.norm() * K1.norm()))
+
+
+def kernel_direction_product(fn, params: dict, u: torch.Tensor) -> torch.Tensor:
+    """``K u = J (J^T u)`` for ``K = J J^T``, ``J = d fn(params) / d params``, without forming
+    ``J``: one reverse-mode product ``J^T u`` and one forward-mode product ``J w``."""
+    _, pullback = torch.func.vjp(fn, params)
+    (w,) = pullback(u)
+    return torch.func.jvp(fn, (params,), (w,))[1]
+
+
+def ntk_direction_similarity(model_a, model_b, x: torch.Tensor, u: torch.Tensor,
+                             output=None) -> float:
+    """Buffelli et al.'s NTK measure ``cos(K_a u, K_b u)`` of two checkpoints on the probe batch
+    ``x`` along the direction ``u`` (shaped like the output). ``output(model, x)`` is the output
+    the kernel is of; by default the stream ``model.stream(x)`` before the fixed readout, as
+    the authors take it."""
+    output = output or (lambda model, inp: model.stream(inp))
+
+    def product(model):
+        view = _OutputView(model, output)
+        params = {f"model.{n}": p.detach() for n, p in _trainable(model)}
+        fn = lambda p: torch.func.functional_call(view, p, (x,))  # noqa: E731
+        return kernel_direction_product(fn, params, u).to(torch.float64).flatten()
+
+    a, b = product(model_a), product(model_b)
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+class _OutputView(torch.nn.Module):
+    """``output(model, x)`` as a module's forward, so ``functional_call`` can swap the model's
+    parameters in a method other than ``forward``."""
+
+    def __init__(self, model, output):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, x):
+        return self.output(self.model, x)
 
 
 def ntk_distance(K0: torch.Tensor, K1: torch.Tensor) -> float:

@@ -66,6 +66,38 @@ def test_ntk_of_any_module_and_of_trainable_parameters_only():
     assert torch.allclose(diagnostics.empirical_ntk(net, x), J @ J.t(), rtol=1e-10)
 
 
+def test_ntk_direction_similarity_is_the_cosine_of_explicit_kernel_products():
+    """The authors' measure ``cos(K0 u, K1 u)`` on the stream before the readout, against
+    ``K = J J^T`` with ``J`` from one backward pass per stream entry."""
+    model0 = make_model(6, 3, depth=2, M=7, std=0.4)
+    model1 = copy.deepcopy(model0)
+    with torch.no_grad():
+        for p in model1.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(5, 6, dtype=torch.float64)
+    u = torch.randn(5, 6, dtype=torch.float64)
+
+    def stream_kernel(model):
+        params = list(model.parameters())
+        out = model.stream(x)
+        J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            out[i, j], params, retain_graph=True)]) for i in range(5) for j in range(6)])
+        return J @ J.t()
+
+    a, b = stream_kernel(model0) @ u.reshape(-1), stream_kernel(model1) @ u.reshape(-1)
+    want = float(a @ b / (a.norm() * b.norm()))
+    got = diagnostics.ntk_direction_similarity(model0, model1, x, u)
+    assert got == pytest.approx(want, rel=1e-10)
+    assert got < 0.999  # the perturbation moved the kernel along u
+    assert diagnostics.ntk_direction_similarity(model0, model0, x, u) == pytest.approx(1.0)
+    # any output: the logits after the readout give a different kernel, and its own cosine
+    logits = diagnostics.ntk_direction_similarity(model0, model1, x, u[:, :3],
+                                                  output=lambda m, inp: m(inp))
+    K0, K1 = diagnostics.empirical_ntk(model0, x), diagnostics.empirical_ntk(model1, x)
+    a, b = K0 @ u[:, :3].reshape(-1), K1 @ u[:, :3].reshape(-1)
+    assert logits == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-10)
+
+
 def test_kernel_similarity_distance_and_velocity():
     A = torch.randn(6, 6, dtype=torch.float64)
     K0 = A @ A.t()

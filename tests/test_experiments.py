@@ -61,6 +61,8 @@ def test_quick_ntk_cka(tmp_path):
         assert first["ntk_similarity"] == pytest.approx(1.0)
         assert first["cka"] == pytest.approx([1, 1])
         assert 0 < last["ntk_similarity"] <= 1 and len(last["cka"]) == 2
+        assert first["ntk_direction_similarity"] == pytest.approx(1.0)
+        assert 0 < last["ntk_direction_similarity"] < 1
         assert last["ntk_velocity"] >= 0
 
 

@@ -66,6 +66,8 @@ def diagnostics_panels(result, path) -> bool:
     runs = result["runs"]
     tracked = {k for r in runs for k in r["history"][-1]}
     panels = [(k, t) for k, t in (("ntk_similarity", "NTK similarity to init"),
+                                  ("ntk_direction_similarity",
+                                   "NTK similarity to init, authors' form cos(K0 u, K u)"),
                                   ("ntk_velocity", "NTK velocity (distance / epoch)"),
                                   ("cka", "linear CKA of each block to init"),
                                   ("weight_cosine", "weight cosine to init"))

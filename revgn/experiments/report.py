@@ -38,6 +38,9 @@ def summary(result) -> str:
     extra_cols = []
     if any("ntk_similarity" in r["history"][-1] for r in result["runs"]):
         extra_cols.append(("NTK sim", lambda last, run: last.get("ntk_similarity")))
+    if any("ntk_direction_similarity" in r["history"][-1] for r in result["runs"]):
+        extra_cols.append(("NTK sim (authors')",
+                           lambda last, run: last.get("ntk_direction_similarity")))
     if any("cka" in r["history"][-1] for r in result["runs"]):
         extra_cols.append(("CKA last block", lambda last, run: last["cka"][-1]
                            if "cka" in last else None))

@@ -19,6 +19,9 @@ from revgn.data import Dataset, batches
 OPTIMIZERS = ("gn", "adam", "sgd", "gd", "egn")
 TRACKS = ("ntk", "cka", "cosine", "batch_change")
 PROBE_SIZE = 32  # examples in the NTK / CKA probe batch (the first training examples)
+# Buffelli et al.'s own NTK measure probes one training batch of 1000 along one random direction
+# (diagnostics.ntk_direction_similarity); here the first 1000 training examples
+DIRECTION_PROBE_SIZE = 1000
 
 
 @dataclass
@@ -128,7 +131,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
 
     History rows (epoch 0 is the initialization): ``epoch, train_loss, train_acc, test_loss,
     test_acc, seconds`` (cumulative training time, evaluation excluded), ``optimizer``, and when
-    tracked ``ntk_similarity`` (to init), ``ntk_velocity`` (kernel distance to the previous row
+    tracked ``ntk_similarity`` (to init), ``ntk_direction_similarity`` (to init, the authors'
+    one-direction form on the first 1000 training examples), ``ntk_velocity`` (kernel distance to the previous row
     per epoch), ``cka`` (per block, to init), ``weight_cosine`` (per coupling, block, all);
     GN rows add ``exact_fraction`` (share of that epoch's steps every coupling solved exactly).
 
@@ -145,6 +149,12 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
     xte, yte = data.x_test.to(device), data.y_test.to(device)
     probe = xtr[:PROBE_SIZE]
     kernels = [diagnostics.empirical_ntk(init, probe)] if "ntk" in spec.track else None
+    if kernels is not None:
+        direction_probe = xtr[:DIRECTION_PROBE_SIZE]
+        with torch.no_grad():
+            shape = init.stream(direction_probe).shape
+        direction = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed),
+                                dtype=xtr.dtype).to(device)
     current = spec
     opt = make_optimizer(spec.optimizer, model, spec.lr, loss, spec.options)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -166,6 +176,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
                 row["ntk_velocity"] = diagnostics.kernel_velocity(kernels[-2:], [epoch - 1,
                                                                                  epoch])[0]
             del kernels[1:-1]  # keep the initial and the latest kernel only
+            row["ntk_direction_similarity"] = diagnostics.ntk_direction_similarity(
+                init, model, direction_probe, direction)
         if "cka" in spec.track:
             row["cka"] = diagnostics.block_cka(model, init, probe)
         if "cosine" in spec.track:
