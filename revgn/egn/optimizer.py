@@ -24,7 +24,7 @@ import torch
 from revgn.backend import check_backend_name
 from revgn.ops import bind
 from revgn.egn import linesearch
-from revgn.egn.checks import check_batch, check_outputs, check_targets
+from revgn.egn.input_checks import check_batch, check_outputs, check_targets
 from revgn.egn.jacobian import JACOBIAN_MODES, resolve_path, row_jacobian
 from revgn.egn.losses import EGN_LOSSES, hessian, mean_loss, output_model
 from revgn.egn.rowsystem import row_coefficients
