@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "mnist", "cifar10", "teacher")
+DATASETS = ("digits", "diabetes", "mnist", "cifar10", "teacher")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -126,6 +126,30 @@ def load_digits_dataset(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     return Dataset(X[:n_train], y[:n_train], X[n_train:], y[n_train:], 10, "digits", [note],
                    dict(copy="bundled", description=note, folder=None,
                         files=["sklearn.datasets.load_digits"]))
+
+
+# -- scikit-learn diabetes (regression) --------------------------------------------------------
+
+def load_diabetes_dataset(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """The 442 patients of scikit-learn's bundled diabetes regression set (10 features, one
+    target: disease progression after a year): a split seeded by ``seed``; features and target
+    standardized with the training statistics (targets ``n x 1``)."""
+    from sklearn.datasets import load_diabetes
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
+    X, y = load_diabetes(return_X_y=True)
+    X = torch.tensor(X, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.float32)[:, None]
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    X, y = X[perm], y[perm]
+    n_train = len(X) - int(test_fraction * len(X))
+    X = (X - X[:n_train].mean(0)) / X[:n_train].std(0)
+    y = (y - y[:n_train].mean()) / y[:n_train].std()
+    note = (f"scikit-learn diabetes (regression), {n_train} train / {len(X) - n_train} test "
+            f"(split seed {seed}); features and target standardized with training statistics")
+    return Dataset(X[:n_train], y[:n_train], X[n_train:], y[n_train:], None, "diabetes", [note],
+                   dict(copy="bundled", description=note, folder=None,
+                        files=["sklearn.datasets.load_diabetes"]))
 
 
 # -- MNIST (IDX) -------------------------------------------------------------------------------
@@ -539,11 +563,13 @@ def teacher_student(n_train: int = 500, n_test: int = 10000, dim: int = 10,
 
 
 def load_dataset(name: str, data_dir=None, seed: int = 0, **kwargs) -> Dataset:
-    """``digits`` (split seed ``seed``), ``mnist`` (``data_dir``, else ``default_mnist_dir()``),
+    """``digits`` or ``diabetes`` (split seed ``seed``), ``mnist`` (``data_dir``, else ``default_mnist_dir()``),
     ``cifar10`` (``data_dir``, else ``default_cifar10_dir()``) or ``teacher`` (``seed``;
     ``kwargs`` go to ``teacher_student``)."""
     if name == "digits":
         return load_digits_dataset(seed, **kwargs)
+    if name == "diabetes":
+        return load_diabetes_dataset(seed, **kwargs)
     if name == "mnist":
         folder = data_dir or default_mnist_dir()
         if folder is None:

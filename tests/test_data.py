@@ -440,6 +440,23 @@ def test_digits_split_and_normalization():
     assert not torch.equal(ds.y_test, other.y_test)
 
 
+def test_diabetes_split_and_standardization():
+    ds = data.load_dataset("diabetes", seed=1)
+    assert ds.in_features == 10 and ds.num_classes is None
+    assert ds.x_train.shape == (354, 10) and ds.y_train.shape == (354, 1)
+    assert ds.x_test.shape == (88, 10) and ds.source["copy"] == "bundled"
+    from sklearn.datasets import load_diabetes
+    X, y = load_diabetes(return_X_y=True)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1)).numpy()
+    X, y = X[perm], y[perm]
+    want_x = (X - X[:354].mean(0)) / X[:354].std(0, ddof=1)
+    want_y = (y - y[:354].mean()) / y[:354].std(ddof=1)
+    assert np.allclose(ds.x_test.numpy(), want_x[354:], atol=1e-4)
+    assert np.allclose(ds.y_train.numpy()[:, 0], want_y[:354], atol=1e-4)
+    assert abs(float(ds.y_train.mean())) < 1e-5 and abs(float(ds.y_train.std()) - 1) < 1e-5
+    assert not torch.equal(ds.y_test, data.load_dataset("diabetes", seed=2).y_test)
+
+
 def test_teacher_student_is_the_relu_teacher():
     a, b = data.teacher_student(seed=3), data.teacher_student(seed=3)
     assert a.x_train.shape == (500, 10) and a.y_train.shape == (500, 1)

@@ -66,6 +66,29 @@ def test_quick_ntk_cka(tmp_path):
         assert last["ntk_velocity"] >= 0
 
 
+def test_quick_egn_regression(tmp_path, capsys):
+    """Korbit et al.'s comparison: EGN, its ablations, SGN and the Adam / SGD sweeps on the
+    bundled diabetes regression set, with loss against wall time."""
+    assert main(["egn-regression", "--quick", "--out", str(tmp_path)]) == 0
+    result = _check(tmp_path, ["egn", "sgn", "adam", "sgd"])
+    assert {"curves.png", "time.png"} <= set(result["figures"])
+    cfg = result["config"]
+    assert cfg["dataset"] == "diabetes" and cfg["model"]["arch"] == "mlp"
+    assert cfg["learning_rates"]["adam"] == [1e-3, 3e-3, 1e-2, 3e-2]
+    labels = {r["label"] for r in result["runs"]}
+    assert {"egn", "egn+ls", "egn+mom", "egn+ls+mom", "sgn", "sgn+ls"} <= labels
+    for run in result["runs"]:
+        assert run["history"][0]["test_acc"] is None  # regression: no accuracy
+        assert all(row["seconds"] >= 0 for row in run["history"])
+    by_label = {r["label"]: r for r in result["runs"]}
+    momentum = by_label["egn+mom"]["settings"]["spec"]["options"]
+    assert momentum == dict(damping=1.0, momentum=0.9)
+    assert "egn-regression on diabetes" in capsys.readouterr().out
+    from revgn.cli.common import UsageError
+    with pytest.raises(UsageError, match="does not apply|do not apply"):
+        main(["egn-regression", "--quick", "--adam-lr", "1e-3", "--out", str(tmp_path)])
+
+
 def test_quick_arbel_regimes(tmp_path, capsys):
     assert main(["arbel-regimes", "--quick", "--out", str(tmp_path)]) == 0
     result = _check(tmp_path, ["gn", "gd"])

@@ -66,9 +66,13 @@ def record_setup(cfg, data, specs=None) -> None:
     if specs is None:
         return
     cfg["learning_rates"] = _learning_rates(specs)
-    if cfg["experiment"] != "egn":
-        cfg["model"] = dict(arch="RevMLP", in_features=data.in_features,
-                            outputs=data.num_classes or data.y_train.shape[1],
+    outputs = data.num_classes or data.y_train.shape[1]
+    if cfg["model"].get("arch") == "mlp":
+        cfg["model"] = dict(arch="mlp", in_features=data.in_features, outputs=outputs,
+                            activation="tanh", **{k: v for k, v in cfg["model"].items()
+                                                  if k != "arch"})
+    elif cfg["experiment"] != "egn":
+        cfg["model"] = dict(arch="RevMLP", in_features=data.in_features, outputs=outputs,
                             first_block="linear", **cfg["model"])
     if all(s.batch_size is None for s in specs):
         cfg["full_batch"] = True

@@ -95,14 +95,43 @@ def make_config(args) -> dict:
         from revgn.cli.common import UsageError
         raise UsageError("--quick and --paper exclude each other")
     arbel = args.name == "arbel-regimes"
-    dataset = args.dataset or ("teacher" if arbel else "digits")
+    regression = args.name == "egn-regression"
+    dataset = args.dataset or ("teacher" if arbel else "diabetes" if regression else "digits")
     base = dict(experiment=args.name, dataset=dataset, data_dir=args.data_dir, quick=args.quick,
                 paper=args.paper, device=args.device,
                 seeds=_pick(args.seeds, (QUICK if args.quick else CPU)["seeds"]))
     if not arbel and any(v is not None for v in (args.init_stds, args.rel_tol, args.gd_steps)):
         from revgn.cli.common import UsageError
         raise UsageError("--init-stds, --rel-tol and --gd-steps are arbel-regimes options")
-    return dict(base, **(arbel_config(args) if arbel else revmlp_config(args, dataset)))
+    if arbel:
+        return dict(base, **arbel_config(args))
+    if regression:
+        return dict(base, **egn_regression_config(args))
+    return dict(base, **revmlp_config(args, dataset))
+
+
+EGN_REGRESSION = dict(epochs=100, batch_size=32, width=64)
+
+
+def egn_regression_config(args) -> dict:
+    """Korbit et al.'s comparison (``registry.egn_regression``): a one-hidden-layer tanh MLP,
+    mini-batch mean squared error; every rate is the experiment's own (no --adam-lr)."""
+    from revgn.cli.common import UsageError
+    if any(v is not None for v in (args.adam_lr, args.adam_lrs, args.sgd_lr, args.gn_lr,
+                                   args.bottleneck, args.depth)):
+        raise UsageError("egn-regression sets its own rates and model: --adam-lr(s), --sgd-lr, "
+                         "--gn-lr, --bottleneck and --depth do not apply")
+    epochs = _pick(args.epochs, 3 if args.quick else EGN_REGRESSION["epochs"])
+    notes = ["EGN and SGN: lr 1, damping 1 (lambda of the mean loss), SGN at most 10 CG "
+             "iterations; line search: stochastic Armijo on the batch (c 0.1, shrink 0.8, grow "
+             "1.5, alpha_max 8); momentum: beta 0.9, bias-corrected; Adam and SGD over a "
+             "learning-rate sweep",
+             "the network and sizes are this library's choices, not Korbit et al.'s (their "
+             "regression sets are not bundled here); --paper changes nothing for this "
+             "experiment"]
+    return dict(epochs=epochs, batch_size=_pick(args.batch_size, EGN_REGRESSION["batch_size"]),
+                model=dict(arch="mlp", width=EGN_REGRESSION["width"]),
+                eval_every=_pick(args.eval_every, 1), notes=notes)
 
 
 def revmlp_config(args, dataset) -> dict:

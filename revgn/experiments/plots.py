@@ -42,6 +42,13 @@ def _save(fig, path):
     return True
 
 
+def _enough_colors(axes, runs):
+    """tab20 instead of the 10-colour default when more than 10 groups share an axis."""
+    if len(grouped(runs)) > 10:
+        for ax in np.ravel(axes):
+            ax.set_prop_cycle(color=_plt().cm.tab20.colors)
+
+
 def curves(result, path) -> bool:
     """Train and test loss (and test accuracy for classification) against epochs."""
     plt = _plt()
@@ -50,11 +57,36 @@ def curves(result, path) -> bool:
     if any(row.get("test_acc") is not None for r in runs for row in r["history"]):
         keys.append("test_acc")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
+    _enough_colors(axes, runs)
     for ax, key in zip(axes[0], keys):
         for label, group in grouped(runs).items():
             _band(ax, group, lambda row, key=key: row.get(key), label, log="loss" in key)
         ax.set_xlabel("step" if result["config"].get("full_batch") else "epoch")
         ax.set_title(key.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{result['experiment']} ({result['config']['dataset']})", fontsize=10)
+    return _save(fig, path)
+
+
+def curves_by_time(result, path) -> bool:
+    """Train and test loss against cumulative training seconds (evaluation excluded), mean over
+    seeds at each evaluated epoch: drawn for the experiments that compare optimizers of very
+    different cost per step (EGN, SGN)."""
+    if not any(r["optimizer"] in ("egn", "sgn") for r in result["runs"]):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.3), squeeze=False)
+    _enough_colors(axes, result["runs"])
+    for ax, key in zip(axes[0], ("train_loss", "test_loss")):
+        for label, group in grouped(result["runs"]).items():
+            rows = [[row for row in r["history"] if row.get(key) is not None] for r in group]
+            seconds = np.mean([[row["seconds"] for row in rs] for rs in rows], axis=0)
+            values = np.mean([[row[key] for row in rs] for rs in rows], axis=0)
+            ax.plot(seconds, values, label=label)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_yscale("log")
+        ax.set_xlabel("training seconds (mean over seeds)")
+        ax.set_title(key.replace("_", " ") + " against wall time")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{result['experiment']} ({result['config']['dataset']})", fontsize=10)
     return _save(fig, path)
@@ -172,6 +204,7 @@ def draw_all(result, out_dir) -> list[str]:
     if result["experiment"] == "arbel-regimes":
         figures = [("arbel.png", arbel)]
     else:
-        figures = [("curves.png", curves), ("diagnostics.png", diagnostics_panels),
+        figures = [("curves.png", curves), ("time.png", curves_by_time),
+                   ("diagnostics.png", diagnostics_panels),
                    ("batch_change.png", batch_change)]
     return [name for name, fn in figures if fn(result, os.path.join(out_dir, name))]

@@ -139,9 +139,36 @@ def egn(cfg):
         dict(model="MLP in-256-out, tanh")
 
 
+# Korbit et al.'s comparison: EGN with its line-search and momentum ablations, SGN (the
+# truncated-CG GN baseline) and Adam and SGD each over a learning-rate sweep; damping 1 throughout
+EGN_REGRESSION_VARIANTS = (
+    ("egn", "egn", 1.0, dict(damping=1.0)),
+    ("egn+ls", "egn", 1.0, dict(damping=1.0, line_search=True, alpha_max=8.0)),
+    ("egn+mom", "egn", 1.0, dict(damping=1.0, momentum=0.9)),
+    ("egn+ls+mom", "egn", 1.0, dict(damping=1.0, line_search=True, alpha_max=8.0,
+                                    momentum=0.9)),
+    ("sgn", "sgn", 1.0, dict(damping=1.0, cg_iters=10)),
+    ("sgn+ls", "sgn", 1.0, dict(damping=1.0, cg_iters=10, line_search=True, alpha_max=8.0)),
+)
+EGN_REGRESSION_SWEEPS = dict(adam=(1e-3, 3e-3, 1e-2, 3e-2), sgd=(1e-3, 1e-2, 1e-1))
+
+
+def egn_regression(cfg):
+    """Korbit et al.: EGN, its ablations and SGN against tuned Adam and SGD on a tanh MLP
+    (mean squared error, mini-batches); loss against epochs and against wall time."""
+    runs = [spec for label, opt, lr, options in EGN_REGRESSION_VARIANTS
+            for spec in _runs(cfg, opt, lr, label=label, options=options)]
+    for opt, lrs in EGN_REGRESSION_SWEEPS.items():
+        runs += [spec for lr in lrs for spec in _runs(cfg, opt, lr, label=f"{opt} lr={lr:g}")]
+    return runs, dict(variants={label: dict(optimizer=opt, lr=lr, **options)
+                                for label, opt, lr, options in EGN_REGRESSION_VARIANTS},
+                      sweeps={k: list(v) for k, v in EGN_REGRESSION_SWEEPS.items()})
+
+
 EXPERIMENTS = {
     "fullbatch": fullbatch, "minibatch": minibatch, "batch-loss-change": batch_loss_change,
     "ntk-cka": ntk_cka, "no-bottleneck": no_bottleneck, "long-run": long_run, "switch": switch,
     "init-std": init_std, "lr": lr_sweep, "weight-decay": weight_decay,
     "pinv-regularization": pinv_regularization, "weight-cosine": weight_cosine, "egn": egn,
+    "egn-regression": egn_regression,
 }
