@@ -288,6 +288,10 @@ def test_configs_every_experiment_builds_its_runs():
     from revgn.cli.common import UsageError
     with pytest.raises(UsageError, match="arbel-regimes options"):
         _config("fullbatch", "--rel-tol", "1e-3")
+    # the CPU-sizing note states the sizes the runs use, not the defaults
+    note = _config("minibatch", "--bottleneck", "2048", "--epochs", "5", "--batch-size", "64",
+                   "--adam-lrs", "1e-4", "1e-3")["notes"][0]
+    assert "bottleneck 2048, batch 64, 5 epochs, Adam 0.0001, 0.001" in note
 
 
 def test_progress_bar_only_on_terminals():

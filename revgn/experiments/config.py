@@ -146,19 +146,22 @@ def revmlp_config(args, dataset) -> dict:
     if len(set(adam_lrs)) != len(adam_lrs):
         from revgn.cli.common import UsageError
         raise UsageError(f"--adam-lrs repeats a rate: {adam_lrs}")
+    epochs = _pick(args.epochs, size["epochs"])
+    batch_size = _pick(args.batch_size, size["batch_size"])
+    bottleneck = _pick(args.bottleneck, size["bottleneck"])
     notes = []
     if not args.paper:
-        notes.append(f"sized for a CPU: bottleneck {size['bottleneck']}, batch "
-                     f"{size['batch_size']}, {size['epochs']} epochs, Adam {size['adam_lr']:g} "
-                     "(paper: bottleneck 8000, batch 1024, 100 epochs, Adam 1e-4; --paper)")
+        notes.append(f"sized for a CPU: bottleneck {bottleneck}, batch {batch_size}, {epochs} "
+                     f"epochs, Adam {', '.join(f'{lr:g}' for lr in adam_lrs)} (paper: "
+                     "bottleneck 8000, batch 1024, 100 epochs, Adam 1e-4; --paper)")
     if args.quick:
         notes.append(f"quick: the first {QUICK_EXAMPLES[0]} training and {QUICK_EXAMPLES[1]} "
                      "test examples")
     return dict(
-        epochs=_pick(args.epochs, size["epochs"]),
-        batch_size=_pick(args.batch_size, size["batch_size"]),
-        model=dict(depth=_pick(args.depth, 6 if cifar else 2),
-                   bottleneck=_pick(args.bottleneck, size["bottleneck"]), init_std=1e-3),
+        epochs=epochs,
+        batch_size=batch_size,
+        model=dict(depth=_pick(args.depth, 6 if cifar else 2), bottleneck=bottleneck,
+                   init_std=1e-3),
         gn_lr=args.gn_lr,
         adam_lr=adam_lrs[0],
         adam_lrs=adam_lrs,
