@@ -273,18 +273,24 @@ class EGN(torch.optim.Optimizer):
             f = torch.func.functional_call(self.model, self._named(direction, alpha), (x,))
         return self._batch_loss(f, y)
 
-    def _jvp(self, x, direction):
+    def _outputs_fn(self, x, params):
+        """``(f, primals)``: ``f(*values)`` is the model's output on ``x`` with ``params`` set to
+        ``values`` and every other parameter at its current value; ``primals`` are the current
+        values of ``params``."""
         names = {p: n for n, p in self.model.named_parameters()}
-        keys = [names[p] for p in direction]
+        keys = [names[p] for p in params]
         base = self._named()
 
         def f(*values):
             return torch.func.functional_call(self.model, {**base, **dict(zip(keys, values))},
                                               (x,))
+        return f, tuple(base[k] for k in keys)
+
+    def _jvp(self, x, direction):
+        f, primals = self._outputs_fn(x, list(direction))
         with torch.no_grad():
-            return torch.func.jvp(f, tuple(base[k] for k in keys),
-                                  tuple(direction[p].to(base[k].dtype)
-                                        for p, k in zip(direction, keys)))[1]
+            return torch.func.jvp(f, primals, tuple(direction[p].to(v.dtype)
+                                                    for p, v in zip(direction, primals)))[1]
 
     def _nonfinite(self, result, why):
         if self.on_nonfinite == "raise":

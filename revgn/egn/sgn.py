@@ -91,15 +91,9 @@ class SGN(EGN):
 
     def _solve(self, x, y):
         params = self._params()
-        names = {p: n for n, p in self.model.named_parameters()}
-        keys = [names[p] for p in params]
-        base = self._named()
-
-        def outputs(*values):
-            return torch.func.functional_call(self.model, {**base, **dict(zip(keys, values))},
-                                              (x,))
+        outputs, primals = self._outputs_fn(x, params)
         with torch.no_grad():
-            f, pullback = torch.func.vjp(outputs, *(base[k] for k in keys))
+            f, pullback = torch.func.vjp(outputs, *primals)
         check_outputs(f, x.shape[0])
         y = check_targets(f, y, self.loss, EGN_LOSSES)
         om = output_model(f, y, self.loss)
@@ -113,7 +107,7 @@ class SGN(EGN):
 
         def matvec(v):  # (G + lambda I) v
             with torch.no_grad():
-                Jv = torch.func.jvp(outputs, tuple(base[k] for k in keys), tuple(v))[1]
+                Jv = torch.func.jvp(outputs, primals, tuple(v))[1]
             QJv = torch.einsum("icd,id->ic", Q, Jv.to(torch.float64))
             return [g + lam * t for g, t in zip(pull(QJv), v)]
 
