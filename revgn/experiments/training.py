@@ -164,9 +164,9 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
     kernels = [diagnostics.empirical_ntk(init, probe)] if "ntk" in spec.track else None
     if kernels is not None:
         direction_probe = xtr[:DIRECTION_PROBE_SIZE]
-        with torch.no_grad():
-            shape = init.stream(direction_probe).shape
-        direction = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed),
+        # the stream X_L is as wide as the flattened input
+        direction = torch.randn(len(direction_probe), data.in_features,
+                                generator=torch.Generator().manual_seed(spec.seed),
                                 dtype=xtr.dtype).to(device)
     current = spec
     opt = make_optimizer(spec.optimizer, model, spec.lr, loss, spec.options)
