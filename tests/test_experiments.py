@@ -372,6 +372,36 @@ def test_sweep_labels_with_other_experiments_and_the_resume_keys():
         _config("minibatch", "--adam-lrs", "1e-4", "1e-4")
 
 
+def test_sweep_seeds_run_the_other_rates_on_fewer_seeds(tmp_path, capsys):
+    cfg = _config("minibatch", "--seeds", "1", "2", "3", "--sweep-seeds", "3", "1",
+                  "--adam-lrs", "1e-4", "1e-3")
+    assert cfg["sweep_seeds"] == [1, 3]  # in the order of --seeds
+    seeds = {}
+    for spec in EXPERIMENTS["minibatch"](cfg)[0]:
+        seeds.setdefault(spec.label or spec.optimizer, []).append(spec.seed)
+    assert seeds == {"gn": [1, 2, 3], "adam lr=0.0001": [1, 2, 3], "adam lr=0.001": [1, 3],
+                     "sgd": [1, 3]}
+    # a run's key and settings do not depend on the option: a folder made without it resumes
+    plain = _config("minibatch", "--seeds", "1", "2", "3", "--adam-lrs", "1e-4", "1e-3")
+    assert "sweep_seeds" not in plain
+    plain_specs = {s.key: s.as_dict() for s in EXPERIMENTS["minibatch"](plain)[0]}
+    assert all(plain_specs[s.key] == s.as_dict() for s in EXPERIMENTS["minibatch"](cfg)[0])
+    from revgn.cli.common import UsageError
+    with pytest.raises(UsageError, match="among the seeds"):
+        _config("minibatch", "--seeds", "1", "2", "--sweep-seeds", "5")
+    with pytest.raises(UsageError, match="reversible-MLP"):
+        _config("arbel-regimes", "--sweep-seeds", "42")
+    assert main(["minibatch", "--quick", "--epochs", "1", "--seeds", "0", "1", "--sweep-seeds",
+                 "1", "--adam-lrs", "1e-3", "1e-2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["label"], r["seed"]) for r in result["runs"]) == [
+        ("adam lr=0.001", 0), ("adam lr=0.001", 1), ("adam lr=0.01", 1), ("gn", 0), ("gn", 1),
+        ("sgd", 1)]
+    assert result["config"]["sweep_seeds"] == [1]
+    table = capsys.readouterr().out
+    assert "seeds" in table.splitlines()[1] and "the sweep's other rates: seeds [1]" in table
+
+
 def test_paper_settings():
     cfg = _config("fullbatch", "--paper", "--dataset", "mnist")
     assert cfg["model"] == dict(depth=2, bottleneck=8000, init_std=1e-3)

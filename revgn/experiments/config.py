@@ -50,6 +50,10 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="an Adam learning-rate sweep: one Adam run per rate and seed, labelled "
                         "'adam lr=LR' (replaces --adam-lr; the first rate is the one the switch "
                         "experiment uses)")
+    p.add_argument("--sweep-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="the seeds of the baselines beyond the main pair: Adam's other rates "
+                        "and SGD run on these seeds only, GN and Adam's first rate on every "
+                        "--seeds seed (default: every seed)")
     p.add_argument("--eval-every", type=positive_int, default=None, metavar="K",
                    help="evaluate the training and test sets every K epochs (full batch: "
                         "steps) and at the last (default: 1); full-batch runs still record the "
@@ -103,6 +107,9 @@ def make_config(args) -> dict:
     if not arbel and any(v is not None for v in (args.init_stds, args.rel_tol, args.gd_steps)):
         from revgn.cli.common import UsageError
         raise UsageError("--init-stds, --rel-tol and --gd-steps are arbel-regimes options")
+    if (arbel or regression) and args.sweep_seeds is not None:
+        from revgn.cli.common import UsageError
+        raise UsageError("--sweep-seeds is an option of the reversible-MLP experiments")
     if arbel:
         return dict(base, **arbel_config(args))
     if regression:
@@ -143,6 +150,10 @@ def revmlp_config(args, dataset) -> dict:
     if args.adam_lrs and args.adam_lr is not None:
         from revgn.cli.common import UsageError
         raise UsageError("--adam-lr and --adam-lrs exclude each other")
+    seeds = _pick(args.seeds, (QUICK if args.quick else CPU)["seeds"])
+    if args.sweep_seeds is not None and not set(args.sweep_seeds) <= set(seeds):
+        from revgn.cli.common import UsageError
+        raise UsageError(f"--sweep-seeds {args.sweep_seeds} must be among the seeds {seeds}")
     if len(set(adam_lrs)) != len(adam_lrs):
         from revgn.cli.common import UsageError
         raise UsageError(f"--adam-lrs repeats a rate: {adam_lrs}")
@@ -167,6 +178,8 @@ def revmlp_config(args, dataset) -> dict:
         adam_lrs=adam_lrs,
         eval_every=_pick(args.eval_every, 1),
         sgd_lr=_pick(args.sgd_lr, 0.01 if cifar else 0.1),
+        **({} if args.sweep_seeds is None
+           else dict(sweep_seeds=[s for s in seeds if s in args.sweep_seeds])),
         notes=notes,
     )
 

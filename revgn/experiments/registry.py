@@ -14,22 +14,31 @@ FULL_BATCH_EXAMPLES = 1024
 GN_LR_FULL_BATCH, GN_LR_MINI_BATCH = 0.5, 0.1
 
 
-def _runs(cfg, optimizer, lr, **kw):
-    """One run per seed with the config's epochs, batch size, model and test interval."""
+def _runs(cfg, optimizer, lr, seeds=None, **kw):
+    """One run per seed (the config's, or ``seeds``) with the config's epochs, batch size, model
+    and test interval."""
     return [RunSpec(optimizer, lr, seed=s, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                     model=dict(cfg["model"]), eval_every=cfg.get("eval_every", 1), **kw)
-            for s in cfg["seeds"]]
+            for s in (cfg["seeds"] if seeds is None else seeds)]
+
+
+def _sweep_seeds(cfg):
+    """The seeds of the baselines beyond GN and Adam's first rate (``--sweep-seeds``): a
+    learning-rate sweep that is only there to show the first rate is not an untuned one need not
+    cost every seed."""
+    return cfg.get("sweep_seeds") or cfg["seeds"]
 
 
 def _adam_runs(cfg, **kw):
     """Adam at the config's rate, or one group per rate of an ``--adam-lrs`` sweep (labelled
-    ``adam lr=LR``)."""
+    ``adam lr=LR``; rates after the first on the sweep seeds only)."""
     lrs = cfg.get("adam_lrs") or [cfg["adam_lr"]]
     if len(lrs) == 1:
         return _runs(cfg, "adam", lrs[0], **kw)
     label = kw.pop("label", "adam")
-    return [spec for lr in lrs for spec in _runs(cfg, "adam", lr, label=f"{label} lr={lr:g}",
-                                                  **kw)]
+    return [spec for i, lr in enumerate(lrs)
+            for spec in _runs(cfg, "adam", lr, seeds=None if i == 0 else _sweep_seeds(cfg),
+                              label=f"{label} lr={lr:g}", **kw)]
 
 
 def _gn_lr(cfg, default):
@@ -41,7 +50,7 @@ def _gn_adam(cfg, gn_lr, **kw):
 
 
 def _gn_adam_sgd(cfg, gn_lr, **kw):
-    return _gn_adam(cfg, gn_lr, **kw) + _runs(cfg, "sgd", cfg["sgd_lr"], **kw)
+    return _gn_adam(cfg, gn_lr, **kw) + _runs(cfg, "sgd", cfg["sgd_lr"], _sweep_seeds(cfg), **kw)
 
 
 def fullbatch(cfg):
@@ -135,7 +144,7 @@ def egn(cfg):
     """EGN (any module) vs Adam vs SGD on the same tanh MLP."""
     cfg = dict(cfg, model=dict(arch="mlp", width=256))
     return (_runs(cfg, "egn", 1.0, options=dict(damping=1.0))
-            + _adam_runs(cfg) + _runs(cfg, "sgd", cfg["sgd_lr"])), \
+            + _adam_runs(cfg) + _runs(cfg, "sgd", cfg["sgd_lr"], _sweep_seeds(cfg))), \
         dict(model="MLP in-256-out, tanh")
 
 

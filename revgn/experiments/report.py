@@ -59,10 +59,16 @@ def summary(result) -> str:
         row += [_cell([fn(l, r) for l, r in zip(last, runs)], "{:.3g}") for _, fn in extra_cols]
         rows.append(row)
     header = ["run", "train loss", "test loss", "test acc", "seconds"] + [c for c, _ in extra_cols]
+    counts = [len(runs) for runs in grouped(result["runs"]).values()]
+    if len(set(counts)) > 1:  # --sweep-seeds: say how many seeds each row averages
+        header.append("seeds")
+        rows = [row + [n] for row, n in zip(rows, counts)]
     seeds = len(cfg["seeds"])
     title = (f"{result['experiment']} on {cfg['dataset']}: last epoch "
              f"({result['runs'][0]['history'][-1]['epoch']}), "
              + ("mean+-std over " if seeds > 1 else "") + f"{seeds} seed(s)")
+    if cfg.get("sweep_seeds"):
+        title += f" (the sweep's other rates: seeds {cfg['sweep_seeds']})"
     return title + "\n" + _table(header, rows)
 
 
