@@ -420,3 +420,33 @@ def test_paper_settings():
     opt = make_optimizer("gn", build_model(dict(depth=2, bottleneck=16), data), 0.5,
                          "cross_entropy", {})
     assert opt.step_scaling == "per_block" and opt.solver_config.rtol == 1e-2
+
+
+def _history(train, test, acc):
+    return [dict(epoch=e, train_loss=tr, test_loss=te, test_acc=a, train_acc=None,
+                 seconds=float(e)) for e, (tr, te, a) in enumerate(zip(train, test, acc))]
+
+
+def test_equal_loss_summary_reads_each_run_where_it_reached_gns_final_training_loss():
+    from revgn.experiments.report import at_training_loss, equal_loss_summary, summary
+    gn = dict(label="gn", optimizer="gn", seed=1,
+              history=_history([2.0, 0.5, 0.2], [2.0, 0.6, 0.3], [0.1, 0.8, 0.9]))
+    # adam crosses 0.2 between epochs 1 and 3 (epoch 2 has no test point): at log-fraction
+    # log(0.4 / 0.2) / log(0.4 / 0.1) = 1/2 of the way, so epoch 2, test 0.5, acc 0.85
+    adam = dict(label="adam", optimizer="adam", seed=1,
+                history=_history([2.0, 0.4, 0.3, 0.1], [2.0, 0.6, None, 0.4],
+                                 [0.1, 0.8, None, 0.9]))
+    epoch, test_loss, test_acc = at_training_loss(adam, 0.2)
+    assert epoch == pytest.approx(2.0) and test_loss == pytest.approx(0.5)
+    assert test_acc == pytest.approx(0.85)
+    assert at_training_loss(adam, 0.01) is None and at_training_loss(adam, 5.0)[0] == 0
+    sgd = dict(label="sgd", optimizer="sgd", seed=1,
+               history=_history([2.0, 1.5, 1.0], [2.0, 1.5, 1.1], [0.1, 0.3, 0.5]))
+    text = equal_loss_summary(dict(runs=[gn, adam, sgd]))
+    lines = {line.split()[0]: line.split() for line in text.splitlines()[3:]}
+    assert lines["adam"][1:] == ["2.0", "0.5", "0.8500", "1", "of", "1"]
+    assert lines["sgd"][1:] == ["-", "-", "-", "0", "of", "1"]
+    assert equal_loss_summary(dict(runs=[adam, sgd])) == ""  # no GN run: nothing to match
+    result = dict(experiment="minibatch", config=dict(dataset="digits", seeds=[1]),
+                  runs=[gn, adam, sgd])
+    assert "at equal training loss" in summary(result)

@@ -3,6 +3,7 @@ seeds (``mean +- std`` across seeds when there are several)."""
 from __future__ import annotations
 
 import collections
+import math
 import statistics
 
 
@@ -69,6 +70,61 @@ def summary(result) -> str:
              + ("mean+-std over " if seeds > 1 else "") + f"{seeds} seed(s)")
     if cfg.get("sweep_seeds"):
         title += f" (the sweep's other rates: seeds {cfg['sweep_seeds']})"
+    text = title + "\n" + _table(header, rows)
+    matched = equal_loss_summary(result)
+    return text + ("\n\n" + matched if matched else "")
+
+
+def at_training_loss(run, level):
+    """``(epoch, test_loss, test_acc)`` where ``run``'s training loss first reaches ``level``,
+    each linear in log training loss between the two evaluated rows around the crossing (rows
+    without a test evaluation are skipped); None if it never does."""
+    rows = [r for r in run["history"]
+            if r["train_loss"] is not None and r.get("test_loss") is not None]
+    keys = ("epoch", "test_loss", "test_acc")
+    if rows and rows[0]["train_loss"] <= level:
+        return tuple(rows[0][k] for k in keys)
+    for a, b in zip(rows, rows[1:]):
+        if a["train_loss"] >= level >= b["train_loss"]:
+            log = lambda v: math.log(max(v, 1e-300))  # noqa: E731
+            span = log(a["train_loss"]) - log(b["train_loss"])
+            t = 0.0 if span == 0 else (log(a["train_loss"]) - log(level)) / span
+            return tuple(None if a[k] is None or b[k] is None else a[k] + t * (b[k] - a[k])
+                         for k in keys)
+    return None
+
+
+def equal_loss_summary(result, reference="gn") -> str:
+    """Generalization at equal fit: for each seed, every other run's test loss and accuracy at
+    the point where its training loss first reached the ``reference`` run's final training loss
+    (Buffelli et al.'s claim 2 compares optimizers that fit at different speeds; this separates
+    fitting slower from generalizing worse). Empty when the experiment has no ``reference``
+    run or nothing else."""
+    groups = grouped(result["runs"])
+    if reference not in groups or len(groups) < 2:
+        return ""
+    finals = {}
+    for run in groups[reference]:
+        evaluated = [r for r in run["history"] if r.get("test_loss") is not None]
+        if not evaluated or evaluated[-1]["train_loss"] is None:
+            return ""
+        finals[run["seed"]] = evaluated[-1]
+    rows = [[f"{reference} (final)", _cell([f["epoch"] for f in finals.values()], "{:.1f}"),
+             _cell([f["train_loss"] for f in finals.values()]),
+             _cell([f["test_loss"] for f in finals.values()]),
+             _cell([f["test_acc"] for f in finals.values()], "{:.4f}"), len(finals)]]
+    for label, runs in groups.items():
+        if label == reference:
+            continue
+        hits = [at_training_loss(r, finals[r["seed"]]["train_loss"]) for r in runs
+                if r["seed"] in finals]
+        reached = [h for h in hits if h is not None]
+        rows.append([label, _cell([h[0] for h in reached], "{:.1f}"), "",
+                     _cell([h[1] for h in reached]), _cell([h[2] for h in reached], "{:.4f}"),
+                     f"{len(reached)} of {len(hits)}"])
+    header = ["run", "epoch", "train loss", "test loss", "test acc", "seeds reached"]
+    title = (f"at equal training loss: where each run first reached {reference}'s final training "
+             "loss of the same seed (interpolated between evaluated epochs)")
     return title + "\n" + _table(header, rows)
 
 
