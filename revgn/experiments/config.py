@@ -239,3 +239,37 @@ def arbel_config(args) -> dict:
         damping_floor=1e-7, gd_lr=None, rel_tol=rel_tol, gn_max_steps=gn_cap,
         gd_max_steps=gd_cap, loss="0.5 * mean (f - y)^2", dtype="float64", notes=notes,
     )
+
+
+def command_line(cfg) -> list[str]:
+    """The ``revgn experiment`` arguments (all but ``--out``) that rebuild ``cfg``, a config as
+    results.json stores it: every setting that has a flag is given, so the runs it names do not
+    depend on the defaults of the version that reads it. Arbel et al.'s two default GN step
+    sizes have no flag (``--gn-lr`` takes one) and are left to the preset."""
+    name = cfg["experiment"]
+    argv = [name, "--dataset", cfg["dataset"]]
+    if cfg.get("data_dir") is not None:
+        argv += ["--data-dir", cfg["data_dir"]]
+    argv += ["--paper"] if cfg.get("paper") else ["--quick"] if cfg.get("quick") else []
+    if cfg.get("device", "cpu") != "cpu":
+        argv += ["--device", cfg["device"]]
+    argv += ["--seeds", *map(str, cfg["seeds"])]
+    if name == "arbel-regimes":
+        argv += ["--width", str(cfg["width"]), "--init-stds", *map(repr, cfg["init_stds"]),
+                 "--rel-tol", repr(cfg["rel_tol"]), "--epochs", str(cfg["gn_max_steps"]),
+                 "--gd-steps", str(cfg["gd_max_steps"])]
+        if len(cfg["gn_lrs"]) == 1:
+            argv += ["--gn-lr", repr(cfg["gn_lrs"][0])]
+        return argv
+    argv += ["--epochs", str(cfg["epochs"]), "--eval-every", str(cfg.get("eval_every", 1))]
+    if not cfg.get("full_batch"):  # full batch: the batch is the training set, not a flag
+        argv += ["--batch-size", str(cfg["batch_size"])]
+    if name == "egn-regression":  # its model and rates are the experiment's own
+        return argv
+    argv += ["--depth", str(cfg["model"]["depth"]), "--bottleneck", str(cfg["model"]["bottleneck"]),
+             "--adam-lrs", *map(repr, cfg["adam_lrs"]), "--sgd-lr", repr(cfg["sgd_lr"])]
+    if cfg.get("gn_lr") is not None:
+        argv += ["--gn-lr", repr(cfg["gn_lr"])]
+    if cfg.get("sweep_seeds"):
+        argv += ["--sweep-seeds", *map(str, cfg["sweep_seeds"])]
+    return argv
