@@ -74,6 +74,7 @@ def test_info_separates_installed_from_usable(tmp_path):
     (["experiment", "minibatch", "--dataset", "cifar10", "--out", "exp"],
      ["--data-dir", "cifar-10-python"]),
     (["egn-examples", "--batch-size", "0"], ["--batch-size"]),
+    (["report", "missing.json"], ["revgn report", "cannot read missing.json"]),
 ])
 def test_usage_and_environment_problems_exit_2_in_one_line(tmp_path, command, needles):
     usage_error(revgn(*command, cwd=tmp_path), *needles)
@@ -155,6 +156,14 @@ def test_demo_prints_a_table(capsys):
     for name in ("gn", "adam", "sgd"):
         assert f"\n{name} " in out
     assert "test acc" in out
+
+
+def test_report_prints_a_stored_results_tables(capsys):
+    stored = os.path.join(ROOT, "docs", "results", "mnist-fullbatch-paper", "results.json")
+    assert main(["report", stored]) == 0
+    out = capsys.readouterr().out
+    assert "fullbatch on mnist: last epoch (100), mean+-std over 3 seed(s)" in out
+    assert "at equal training loss" in out and "adam lr=0.0003" in out
 
 
 def test_bench_quick_writes_json_and_plot(tmp_path, capsys):

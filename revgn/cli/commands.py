@@ -1,5 +1,5 @@
-"""The ``revgn`` command: its parser and the dispatch to demo, info, check, bench, experiment
-and egn-examples."""
+"""The ``revgn`` command: its parser and the dispatch to demo, info, check, bench, experiment,
+report and egn-examples."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,18 @@ def _check(args) -> int:
     require_device(args.device)
     from revgn.cli import backend_check
     return backend_check.main(args)
+
+
+def _report(args) -> int:
+    from revgn.experiments.report import summary
+    for path in args.results:
+        try:
+            with open(path) as f:
+                result = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from None
+        print(summary(result), end="\n\n")
+    return 0
 
 
 def _bench(args) -> int:
@@ -149,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MNIST folder for paper-mnist (default: $REVGN_MNIST_DIR, else "
                             "shared/data/mnist beside the checkout)")
     bench.set_defaults(func=_bench)
+
+    report = sub.add_parser(
+        "report", help="the summary tables of stored experiment results",
+        description="Prints the tables `revgn experiment` printed when it wrote each "
+                    "results.json (the last epoch, mean over seeds, and each run at GN's final "
+                    "training loss), from the file alone: nothing is trained.",
+        epilog=EXIT_STATUS, formatter_class=formatter)
+    report.add_argument("results", nargs="+", metavar="RESULTS_JSON",
+                        help="results.json files written by revgn experiment")
+    report.set_defaults(func=_report)
 
     # These two hand the rest of the command line to their own parsers.
     sub.add_parser("experiment", help="the papers' experiments (revgn experiment --help)",

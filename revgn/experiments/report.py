@@ -157,10 +157,3 @@ def arbel_summary(result) -> str:
              f"examples, RF = readout refit on the initial features; {len(cfg['seeds'])} seed(s)")
     return title + "\n" + _table(header, rows)
 
-
-if __name__ == "__main__":  # python -m revgn.experiments.report DIR/results.json ...
-    import json
-    import sys
-    for path in sys.argv[1:]:
-        with open(path) as f:
-            print(summary(json.load(f)), end="\n\n")
