@@ -58,9 +58,14 @@ def curves(result, path) -> bool:
         keys.append("test_acc")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
     _enough_colors(axes, runs)
+    groups = grouped(runs)
+    seeds = {label: len(group) for label, group in groups.items()}
+    # with --sweep-seeds the curves average different numbers of seeds: the legend says so
+    name = ((lambda label: f"{label} ({seeds[label]} seed{'s' * (seeds[label] > 1)})")
+            if len(set(seeds.values())) > 1 else (lambda label: label))
     for ax, key in zip(axes[0], keys):
-        for label, group in grouped(runs).items():
-            _band(ax, group, lambda row, key=key: row.get(key), label, log="loss" in key)
+        for label, group in groups.items():
+            _band(ax, group, lambda row, key=key: row.get(key), name(label), log="loss" in key)
         ax.set_xlabel("step" if result["config"].get("full_batch") else "epoch")
         ax.set_title(key.replace("_", " "))
     axes[0][0].legend(fontsize=7)
