@@ -75,6 +75,9 @@ def test_info_separates_installed_from_usable(tmp_path):
      ["--data-dir", "cifar-10-python"]),
     (["egn-examples", "--batch-size", "0"], ["--batch-size"]),
     (["report", "missing.json"], ["revgn report", "cannot read missing.json"]),
+    (["report", os.path.join(ROOT, "docs", "results", "mnist-minibatch-paper", "curves.png")],
+     ["cannot read", "curves.png"]),
+
 ])
 def test_usage_and_environment_problems_exit_2_in_one_line(tmp_path, command, needles):
     usage_error(revgn(*command, cwd=tmp_path), *needles)
@@ -164,6 +167,17 @@ def test_report_prints_a_stored_results_tables(capsys):
     out = capsys.readouterr().out
     assert "fullbatch on mnist: last epoch (100), mean+-std over 3 seed(s)" in out
     assert "at equal training loss" in out and "adam lr=0.0003" in out
+
+
+def test_report_refuses_what_is_not_a_results_file(tmp_path, capsys):
+    for i, content in enumerate(([1, 2], {"a": 1}, {"experiment": "minibatch", "config": {},
+                                                   "runs": []})):
+        path = tmp_path / f"not-results-{i}.json"
+        path.write_text(json.dumps(content))
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "is not a results.json written by revgn experiment" in err
+        assert "Traceback" not in err
 
 
 def test_bench_quick_writes_json_and_plot(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The experiments' --quick variants: results.json schema, figures, resuming, and the pieces."""
 import json
+import math
 
 import pytest
 import torch
@@ -391,6 +392,10 @@ def test_sweep_seeds_run_the_other_rates_on_fewer_seeds(tmp_path, capsys):
         _config("minibatch", "--seeds", "1", "2", "--sweep-seeds", "5")
     with pytest.raises(UsageError, match="reversible-MLP"):
         _config("arbel-regimes", "--sweep-seeds", "42")
+    with pytest.raises(UsageError, match="changes no run of ntk-cka"):  # one Adam rate, no SGD
+        _config("ntk-cka", "--seeds", "1", "2", "--sweep-seeds", "1")
+    assert _config("ntk-cka", "--seeds", "1", "2", "--sweep-seeds", "1", "--adam-lrs", "1e-4",
+                   "1e-3")["sweep_seeds"] == [1]
     assert main(["minibatch", "--quick", "--epochs", "1", "--seeds", "0", "1", "--sweep-seeds",
                  "1", "--adam-lrs", "1e-3", "1e-2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
@@ -399,7 +404,7 @@ def test_sweep_seeds_run_the_other_rates_on_fewer_seeds(tmp_path, capsys):
         ("sgd", 1)]
     assert result["config"]["sweep_seeds"] == [1]
     table = capsys.readouterr().out
-    assert "seeds" in table.splitlines()[1] and "the sweep's other rates: seeds [1]" in table
+    assert "seeds" in table.splitlines()[1] and "Adam's other rates and SGD: seeds [1]" in table
 
 
 def test_paper_settings():
@@ -431,22 +436,36 @@ def test_equal_loss_summary_reads_each_run_where_it_reached_gns_final_training_l
     from revgn.experiments.report import at_training_loss, equal_loss_summary, summary
     gn = dict(label="gn", optimizer="gn", seed=1,
               history=_history([2.0, 0.5, 0.2], [2.0, 0.6, 0.3], [0.1, 0.8, 0.9]))
-    # adam crosses 0.2 between epochs 1 and 3 (epoch 2 has no test point): at log-fraction
-    # log(0.4 / 0.2) / log(0.4 / 0.1) = 1/2 of the way, so epoch 2, test 0.5, acc 0.85
-    adam = dict(label="adam", optimizer="adam", seed=1,
-                history=_history([2.0, 0.4, 0.3, 0.1], [2.0, 0.6, None, 0.4],
-                                 [0.1, 0.8, None, 0.9]))
+    # evaluated every 2 epochs (mini-batch: no training loss in between): adam crosses 0.2
+    # between epochs 2 and 4 at log-fraction log(0.4 / 0.2) / log(0.4 / 0.1) = 1/2, so epoch 3,
+    # test 0.5, acc 0.85
+    adam = dict(label="adam", optimizer="adam", seed=1, history=_history(
+        [2.0, None, 0.4, None, 0.1], [2.0, None, 0.6, None, 0.4], [0.1, None, 0.8, None, 0.9]))
     epoch, test_loss, test_acc = at_training_loss(adam, 0.2)
-    assert epoch == pytest.approx(2.0) and test_loss == pytest.approx(0.5)
+    assert epoch == pytest.approx(3.0) and test_loss == pytest.approx(0.5)
     assert test_acc == pytest.approx(0.85)
-    assert at_training_loss(adam, 0.01) is None and at_training_loss(adam, 5.0)[0] == 0
+    assert at_training_loss(adam, 0.01) is None and at_training_loss(adam, 5.0) == (0, 2.0, 0.1)
+    # full batch: the training loss of every step is known, test every 2 steps: the crossing
+    # step comes from the per-step losses (between steps 2 and 3 at log(0.3/0.2)/log(3)), the
+    # test values are linear in the step between the evaluated steps 2 and 4; a non-finite loss
+    # on the way is skipped
+    full = dict(label="adam", optimizer="adam", seed=1, history=_history(
+        [2.0, float("nan"), 0.3, 0.1, 0.05], [2.0, None, 0.6, None, 0.4],
+        [0.1, None, 0.8, None, 0.9]))
+    step, test_loss, _ = at_training_loss(full, 0.2)
+    assert step == pytest.approx(2 + math.log(1.5) / math.log(3.0))
+    assert test_loss == pytest.approx(0.6 - 0.2 * (step - 2) / 2)
+    # level 1.0: between step 0 (2.0) and step 2 (0.3), the NaN at step 1 skipped
+    assert at_training_loss(full, 1.0)[0] == pytest.approx(2 * math.log(2.0) / math.log(2 / 0.3))
     sgd = dict(label="sgd", optimizer="sgd", seed=1,
                history=_history([2.0, 1.5, 1.0], [2.0, 1.5, 1.1], [0.1, 0.3, 0.5]))
     text = equal_loss_summary(dict(runs=[gn, adam, sgd]))
     lines = {line.split()[0]: line.split() for line in text.splitlines()[3:]}
-    assert lines["adam"][1:] == ["2.0", "0.5", "0.8500", "1", "of", "1"]
+    assert lines["adam"][1:] == ["3.0", "0.5", "0.8500", "1", "of", "1"]
     assert lines["sgd"][1:] == ["-", "-", "-", "0", "of", "1"]
     assert equal_loss_summary(dict(runs=[adam, sgd])) == ""  # no GN run: nothing to match
+    diverged = dict(gn, history=gn["history"][:2] + [dict(gn["history"][2], train_loss=math.inf)])
+    assert equal_loss_summary(dict(runs=[diverged, adam])) == ""
     result = dict(experiment="minibatch", config=dict(dataset="digits", seeds=[1]),
                   runs=[gn, adam, sgd])
     assert "at equal training loss" in summary(result)

@@ -34,10 +34,9 @@ def _stored_runs(result):
     for run in result["runs"]:
         settings = run["settings"]
         if result["experiment"] == "arbel-regimes":
-            s = settings
-            key = (f"gn-lr{s['lr']:g}-std{s['init_std']:g}-seed{s['seed']}"
-                   if s["optimizer"] == "gn" else f"gd-std{s['init_std']:g}-seed{s['seed']}")
-            runs[key] = {k: v for k, v in s.items() if k not in DATA_KEYS}
+            key = arbel.run_key(settings["optimizer"], settings["init_std"], settings["seed"],
+                                settings["lr"])
+            runs[key] = {k: v for k, v in settings.items() if k not in DATA_KEYS}
         else:
             spec = settings["spec"]
             runs[RunSpec(spec["optimizer"], spec["lr"], seed=spec["seed"],
@@ -54,9 +53,9 @@ def test_a_stored_config_rebuilds_exactly_its_runs(path):
     result = json.loads(path.read_text())
     cfg = result["config"]
     rebuilt = _rebuilt(cfg)
-    for key in ("experiment", "dataset", "data_dir", "paper", "seeds", "epochs", "eval_every",
-                "adam_lrs", "sgd_lr", "gn_lr", "sweep_seeds", "width", "init_stds", "rel_tol",
-                "gn_lrs", "gn_max_steps", "gd_max_steps"):
+    for key in ("experiment", "dataset", "data_dir", "paper", "quick", "device", "seeds",
+                "epochs", "eval_every", "adam_lrs", "sgd_lr", "gn_lr", "sweep_seeds", "width",
+                "init_stds", "rel_tol", "gn_lrs", "gn_max_steps", "gd_max_steps"):
         assert rebuilt.get(key) == cfg.get(key), key
     assert _stored_runs(result) == _expected_runs(rebuilt)
     for run in result["runs"]:  # and every run read the data the config records

@@ -79,6 +79,10 @@ def _report(args) -> int:
                 result = json.load(f)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {path}: {exc}") from None
+        if not (isinstance(result, dict) and {"experiment", "config", "runs"} <= set(result)
+                and result["runs"]):
+            raise UsageError(f"{path} is not a results.json written by revgn experiment "
+                             "(a run's checkpoint under runs/ is not one either)")
         print(summary(result), end="\n\n")
     return 0
 
@@ -164,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report", help="the summary tables of stored experiment results",
-        description="Prints the tables `revgn experiment` printed when it wrote each "
-                    "results.json (the last epoch, mean over seeds, and each run at GN's final "
-                    "training loss), from the file alone: nothing is trained.",
+        description="Prints the summary tables of each results.json (the last epoch, mean "
+                    "over seeds, and each run at GN's final training loss), from the file "
+                    "alone: nothing is trained.",
         epilog=EXIT_STATUS, formatter_class=formatter)
     report.add_argument("results", nargs="+", metavar="RESULTS_JSON",
                         help="results.json files written by revgn experiment")

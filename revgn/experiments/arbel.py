@@ -245,6 +245,13 @@ def run_one(optimizer: str, init_std: float, seed: int, width: int, data, lr: fl
     return out
 
 
+def run_key(optimizer, init_std, seed, lr=None) -> str:
+    """The file name (under ``runs/``) of one run of the sweep."""
+    if optimizer == "gn":
+        return f"gn-lr{lr:g}-std{init_std:g}-seed{seed}"
+    return f"gd-std{init_std:g}-seed{seed}"
+
+
 def jobs(cfg):
     """``(key, settings)`` of every run: each init std and seed, GN at each step size and GD."""
     out = []
@@ -253,11 +260,11 @@ def jobs(cfg):
     for std in cfg["init_stds"]:
         for seed in cfg["seeds"]:
             for lr in cfg["gn_lrs"]:
-                out.append((f"gn-lr{lr:g}-std{std:g}-seed{seed}",
+                out.append((run_key("gn", std, seed, lr),
                             dict(optimizer="gn", init_std=std, seed=seed, lr=lr,
                                  max_steps=cfg["gn_max_steps"],
                                  damping_floor=cfg["damping_floor"], **common)))
-            out.append((f"gd-std{std:g}-seed{seed}",
+            out.append((run_key("gd", std, seed),
                         dict(optimizer="gd", init_std=std, seed=seed, lr=cfg["gd_lr"],
                              max_steps=cfg["gd_max_steps"], **common)))
     return out

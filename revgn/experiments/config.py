@@ -114,7 +114,24 @@ def make_config(args) -> dict:
         return dict(base, **arbel_config(args))
     if regression:
         return dict(base, **egn_regression_config(args))
-    return dict(base, **revmlp_config(args, dataset))
+    cfg = dict(base, **revmlp_config(args, dataset, base["seeds"]))
+    if "sweep_seeds" in cfg:
+        _check_sweep_seeds(cfg)
+    return cfg
+
+
+def _check_sweep_seeds(cfg) -> None:
+    """``--sweep-seeds`` that would change no run (an experiment with one Adam rate and no
+    SGD, say) is refused rather than recorded."""
+    from revgn.cli.common import UsageError
+    from revgn.experiments.registry import EXPERIMENTS
+    seeds_of = {}
+    for spec in EXPERIMENTS[cfg["experiment"]](cfg)[0]:
+        seeds_of.setdefault(spec.label or spec.optimizer, set()).add(spec.seed)
+    subset = set(cfg["sweep_seeds"])
+    if subset != set(cfg["seeds"]) and subset not in seeds_of.values():
+        raise UsageError(f"--sweep-seeds changes no run of {cfg['experiment']}: it applies to "
+                         "Adam's rates after the first (--adam-lrs) and to SGD")
 
 
 EGN_REGRESSION = dict(epochs=100, batch_size=32, width=64)
@@ -141,7 +158,7 @@ def egn_regression_config(args) -> dict:
                 eval_every=_pick(args.eval_every, 1), notes=notes)
 
 
-def revmlp_config(args, dataset) -> dict:
+def revmlp_config(args, dataset, seeds) -> dict:
     """Model, batch and optimizer settings of the reversible-MLP experiments."""
     size = QUICK if args.quick else PAPER if args.paper else CPU
     cifar = dataset == "cifar10"
@@ -150,7 +167,6 @@ def revmlp_config(args, dataset) -> dict:
     if args.adam_lrs and args.adam_lr is not None:
         from revgn.cli.common import UsageError
         raise UsageError("--adam-lr and --adam-lrs exclude each other")
-    seeds = _pick(args.seeds, (QUICK if args.quick else CPU)["seeds"])
     if args.sweep_seeds is not None and not set(args.sweep_seeds) <= set(seeds):
         from revgn.cli.common import UsageError
         raise UsageError(f"--sweep-seeds {args.sweep_seeds} must be among the seeds {seeds}")

@@ -49,6 +49,15 @@ def _enough_colors(axes, runs):
             ax.set_prop_cycle(color=_plt().cm.tab20.colors)
 
 
+def _legend_label(groups, label) -> str:
+    """The run's label, with the number of seeds its curve averages when that differs between
+    the curves (``--sweep-seeds``)."""
+    if len({len(group) for group in groups.values()}) == 1:
+        return label
+    n = len(groups[label])
+    return f"{label} ({n} seed{'s' * (n > 1)})"
+
+
 def curves(result, path) -> bool:
     """Train and test loss (and test accuracy for classification) against epochs."""
     plt = _plt()
@@ -59,13 +68,10 @@ def curves(result, path) -> bool:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
     _enough_colors(axes, runs)
     groups = grouped(runs)
-    seeds = {label: len(group) for label, group in groups.items()}
-    # with --sweep-seeds the curves average different numbers of seeds: the legend says so
-    name = ((lambda label: f"{label} ({seeds[label]} seed{'s' * (seeds[label] > 1)})")
-            if len(set(seeds.values())) > 1 else (lambda label: label))
     for ax, key in zip(axes[0], keys):
         for label, group in groups.items():
-            _band(ax, group, lambda row, key=key: row.get(key), name(label), log="loss" in key)
+            _band(ax, group, lambda row, key=key: row.get(key), _legend_label(groups, label),
+                  log="loss" in key)
         ax.set_xlabel("step" if result["config"].get("full_batch") else "epoch")
         ax.set_title(key.replace("_", " "))
     axes[0][0].legend(fontsize=7)
@@ -82,12 +88,13 @@ def curves_by_time(result, path) -> bool:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.3), squeeze=False)
     _enough_colors(axes, result["runs"])
+    groups = grouped(result["runs"])
     for ax, key in zip(axes[0], ("train_loss", "test_loss")):
-        for label, group in grouped(result["runs"]).items():
+        for label, group in groups.items():
             rows = [[row for row in r["history"] if row.get(key) is not None] for r in group]
             seconds = np.mean([[row["seconds"] for row in rs] for rs in rows], axis=0)
             values = np.mean([[row[key] for row in rs] for rs in rows], axis=0)
-            ax.plot(seconds, values, label=label)
+            ax.plot(seconds, values, label=_legend_label(groups, label))
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_yscale("log")
         ax.set_xlabel("training seconds (mean over seeds)")

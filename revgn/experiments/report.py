@@ -51,7 +51,8 @@ def summary(result) -> str:
     if any("batch_loss_change" in r for r in result["runs"]):
         extra_cols.append(("batch change %", lambda last, run: statistics.fmean(
             run["batch_loss_change"]) if "batch_loss_change" in run else None))
-    for label, runs in grouped(result["runs"]).items():
+    groups = grouped(result["runs"])
+    for label, runs in groups.items():
         last = [r["history"][-1] for r in runs]
         row = [label, _cell([l["train_loss"] for l in last]),
                _cell([l["test_loss"] for l in last]),
@@ -60,38 +61,46 @@ def summary(result) -> str:
         row += [_cell([fn(l, r) for l, r in zip(last, runs)], "{:.3g}") for _, fn in extra_cols]
         rows.append(row)
     header = ["run", "train loss", "test loss", "test acc", "seconds"] + [c for c, _ in extra_cols]
-    counts = [len(runs) for runs in grouped(result["runs"]).values()]
-    if len(set(counts)) > 1:  # --sweep-seeds: say how many seeds each row averages
-        header.append("seeds")
-        rows = [row + [n] for row, n in zip(rows, counts)]
+    counts = [len(runs) for runs in groups.values()]
     seeds = len(cfg["seeds"])
     title = (f"{result['experiment']} on {cfg['dataset']}: last epoch "
              f"({result['runs'][0]['history'][-1]['epoch']}), "
              + ("mean+-std over " if seeds > 1 else "") + f"{seeds} seed(s)")
-    if cfg.get("sweep_seeds"):
-        title += f" (the sweep's other rates: seeds {cfg['sweep_seeds']})"
+    if len(set(counts)) > 1:  # --sweep-seeds: say how many seeds each row averages
+        header.append("seeds")
+        rows = [row + [n] for row, n in zip(rows, counts)]
+        title += f" (Adam's other rates and SGD: seeds {cfg.get('sweep_seeds')})"
     text = title + "\n" + _table(header, rows)
     matched = equal_loss_summary(result)
     return text + ("\n\n" + matched if matched else "")
 
 
 def at_training_loss(run, level):
-    """``(epoch, test_loss, test_acc)`` where ``run``'s training loss first reaches ``level``,
-    each linear in log training loss between the two evaluated rows around the crossing (rows
-    without a test evaluation are skipped); None if it never does."""
-    rows = [r for r in run["history"]
-            if r["train_loss"] is not None and r.get("test_loss") is not None]
-    keys = ("epoch", "test_loss", "test_acc")
-    if rows and rows[0]["train_loss"] <= level:
-        return tuple(rows[0][k] for k in keys)
-    for a, b in zip(rows, rows[1:]):
-        if a["train_loss"] >= level >= b["train_loss"]:
-            log = lambda v: math.log(max(v, 1e-300))  # noqa: E731
-            span = log(a["train_loss"]) - log(b["train_loss"])
-            t = 0.0 if span == 0 else (log(a["train_loss"]) - log(level)) / span
-            return tuple(None if a[k] is None or b[k] is None else a[k] + t * (b[k] - a[k])
-                         for k in keys)
-    return None
+    """``(epoch, test_loss, test_acc)`` where ``run``'s training loss first reaches ``level``;
+    None if it never does. The epoch (step, in full batch) comes from every row that has a
+    training loss, linear in log training loss between the last row above ``level`` and the
+    first at or below it (rows with a non-finite loss skipped); the test loss and accuracy are
+    linear in the epoch between the evaluated rows around it."""
+    trained = [r for r in run["history"]
+               if r["train_loss"] is not None and math.isfinite(r["train_loss"])]
+    hit = next((i for i, r in enumerate(trained) if r["train_loss"] <= level), None)
+    if hit is None:
+        return None
+    epoch = trained[hit]["epoch"]
+    if hit > 0:
+        a, b = trained[hit - 1], trained[hit]
+        log = lambda v: math.log(max(v, 1e-300))  # noqa: E731
+        t = (log(a["train_loss"]) - log(level)) / (log(a["train_loss"]) - log(b["train_loss"]))
+        epoch = a["epoch"] + t * (b["epoch"] - a["epoch"])
+    evaluated = [r for r in run["history"] if r.get("test_loss") is not None]
+    before = [r for r in evaluated if r["epoch"] <= epoch]
+    after = [r for r in evaluated if r["epoch"] >= epoch]
+    if not before or not after:
+        return epoch, None, None
+    a, b = before[-1], after[0]
+    t = 0.0 if b["epoch"] == a["epoch"] else (epoch - a["epoch"]) / (b["epoch"] - a["epoch"])
+    return (epoch,) + tuple(None if a[k] is None or b[k] is None else a[k] + t * (b[k] - a[k])
+                            for k in ("test_loss", "test_acc"))
 
 
 def equal_loss_summary(result, reference="gn") -> str:
@@ -106,8 +115,9 @@ def equal_loss_summary(result, reference="gn") -> str:
     finals = {}
     for run in groups[reference]:
         evaluated = [r for r in run["history"] if r.get("test_loss") is not None]
-        if not evaluated or evaluated[-1]["train_loss"] is None:
-            return ""
+        if (not evaluated or evaluated[-1]["train_loss"] is None
+                or not math.isfinite(evaluated[-1]["train_loss"])):
+            return ""  # a reference run without a finite final loss: nothing to match
         finals[run["seed"]] = evaluated[-1]
     rows = [[f"{reference} (final)", _cell([f["epoch"] for f in finals.values()], "{:.1f}"),
              _cell([f["train_loss"] for f in finals.values()]),
@@ -124,7 +134,8 @@ def equal_loss_summary(result, reference="gn") -> str:
                      f"{len(reached)} of {len(hits)}"])
     header = ["run", "epoch", "train loss", "test loss", "test acc", "seeds reached"]
     title = (f"at equal training loss: where each run first reached {reference}'s final training "
-             "loss of the same seed (interpolated between evaluated epochs)")
+             "loss of the same seed (the epoch from every recorded training loss, the test values "
+             "interpolated between evaluated epochs)")
     return title + "\n" + _table(header, rows)
 
 
@@ -156,4 +167,3 @@ def arbel_summary(result) -> str:
              f"* = some runs hit the cap, ! = diverged), test MSE on {cfg['teacher_test']} "
              f"examples, RF = readout refit on the initial features; {len(cfg['seeds'])} seed(s)")
     return title + "\n" + _table(header, rows)
-
