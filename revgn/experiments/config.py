@@ -114,17 +114,21 @@ def make_config(args) -> dict:
         return dict(base, **arbel_config(args))
     if regression:
         return dict(base, **egn_regression_config(args))
-    cfg = dict(base, **revmlp_config(args, dataset, base["seeds"]))
-    if "sweep_seeds" in cfg:
-        _check_sweep_seeds(cfg)
+    cfg = dict(base, **revmlp_config(args, dataset))
+    if args.sweep_seeds is not None:
+        cfg["sweep_seeds"] = _sweep_seeds(cfg, args.sweep_seeds)
     return cfg
 
 
-def _check_sweep_seeds(cfg) -> None:
-    """``--sweep-seeds`` that would change no run (an experiment with one Adam rate and no
-    SGD, say) is refused rather than recorded."""
+def _sweep_seeds(cfg, sweep_seeds) -> list[int]:
+    """``--sweep-seeds`` in the order of the seeds; refused when it is not among them or would
+    change no run (an experiment with one Adam rate and no SGD, say)."""
     from revgn.cli.common import UsageError
     from revgn.experiments.registry import EXPERIMENTS
+    seeds = cfg["seeds"]
+    if not set(sweep_seeds) <= set(seeds):
+        raise UsageError(f"--sweep-seeds {sweep_seeds} must be among the seeds {seeds}")
+    cfg = dict(cfg, sweep_seeds=[s for s in seeds if s in sweep_seeds])
     seeds_of = {}
     for spec in EXPERIMENTS[cfg["experiment"]](cfg)[0]:
         seeds_of.setdefault(spec.label or spec.optimizer, set()).add(spec.seed)
@@ -132,6 +136,7 @@ def _check_sweep_seeds(cfg) -> None:
     if subset != set(cfg["seeds"]) and subset not in seeds_of.values():
         raise UsageError(f"--sweep-seeds changes no run of {cfg['experiment']}: it applies to "
                          "Adam's rates after the first (--adam-lrs) and to SGD")
+    return cfg["sweep_seeds"]
 
 
 EGN_REGRESSION = dict(epochs=100, batch_size=32, width=64)
@@ -158,7 +163,7 @@ def egn_regression_config(args) -> dict:
                 eval_every=_pick(args.eval_every, 1), notes=notes)
 
 
-def revmlp_config(args, dataset, seeds) -> dict:
+def revmlp_config(args, dataset) -> dict:
     """Model, batch and optimizer settings of the reversible-MLP experiments."""
     size = QUICK if args.quick else PAPER if args.paper else CPU
     cifar = dataset == "cifar10"
@@ -167,9 +172,6 @@ def revmlp_config(args, dataset, seeds) -> dict:
     if args.adam_lrs and args.adam_lr is not None:
         from revgn.cli.common import UsageError
         raise UsageError("--adam-lr and --adam-lrs exclude each other")
-    if args.sweep_seeds is not None and not set(args.sweep_seeds) <= set(seeds):
-        from revgn.cli.common import UsageError
-        raise UsageError(f"--sweep-seeds {args.sweep_seeds} must be among the seeds {seeds}")
     if len(set(adam_lrs)) != len(adam_lrs):
         from revgn.cli.common import UsageError
         raise UsageError(f"--adam-lrs repeats a rate: {adam_lrs}")
@@ -194,8 +196,6 @@ def revmlp_config(args, dataset, seeds) -> dict:
         adam_lrs=adam_lrs,
         eval_every=_pick(args.eval_every, 1),
         sgd_lr=_pick(args.sgd_lr, 0.01 if cifar else 0.1),
-        **({} if args.sweep_seeds is None
-           else dict(sweep_seeds=[s for s in seeds if s in args.sweep_seeds])),
         notes=notes,
     )
 
