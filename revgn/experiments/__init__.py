@@ -9,7 +9,8 @@ Each writes ``DIR/results.json``::
      "figures", "seconds", ...experiment-specific fields}
 
 PNG figures, and a summary table on stdout. Finished runs are checkpointed atomically under
-``DIR/runs/``; the same command again skips them (resumable).
+``DIR/runs/``; the same command again skips them, and a run interrupted midway continues from
+the state it saved every few minutes (``DIR/runs/KEY.partial.pt``).
 """
 from __future__ import annotations
 
@@ -95,7 +96,9 @@ def revmlp_jobs(cfg, data):
     specs, extra = EXPERIMENTS[cfg["experiment"]](cfg)
     context = _data_settings(cfg, data)
     jobs = [Job(s.key, dict(spec=s.as_dict(), **context),
-                lambda progress, s=s: run(s, data, cfg["device"], progress), work=s.epochs)
+                lambda progress, checkpoint, s=s: run(s, data, cfg["device"], progress,
+                                                      checkpoint),
+                work=s.epochs, resumable=True)
             for s in specs]
     record_setup(cfg, data, specs)
     return jobs, extra

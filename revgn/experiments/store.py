@@ -1,6 +1,10 @@
 """Resumable output folders: every finished run is written atomically to ``DIR/runs/KEY.json``
 together with the settings it ran under; running again reuses the runs whose settings match and
-reruns (replacing) those whose settings changed."""
+reruns (replacing) those whose settings changed.
+
+A run that takes hours also saves its state mid-run (``DIR/runs/KEY.partial.pt``, a
+``Checkpoint``): an interrupted run continues from its last saved epoch instead of from the
+start, and the file goes once the run is finished."""
 from __future__ import annotations
 
 import json
@@ -8,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 
 def atomic_json(path, obj) -> None:
@@ -24,14 +30,49 @@ def _canonical(settings: dict) -> dict:
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
+class Checkpoint:
+    """The mid-run state of one run, stored at ``path`` with the settings it belongs to.
+
+    ``load()`` returns the state saved by a run with the same settings, or None (no file, or a
+    file from other settings, which is then discarded with a message); ``save(state)`` replaces
+    the file atomically, so an interruption during a save leaves the previous state intact.
+    States hold tensors, numbers, strings and containers of them (``torch.load`` with
+    ``weights_only``)."""
+
+    def __init__(self, path: str, settings: dict):
+        self.path, self.settings = path, _canonical(settings)
+
+    def load(self) -> dict | None:
+        if not os.path.exists(self.path):
+            return None
+        stored = torch.load(self.path, weights_only=True)
+        if stored.get("settings") != self.settings:
+            print(f"discarding {os.path.basename(self.path)}: saved under other settings",
+                  file=sys.stderr)
+            self.discard()
+            return None
+        return stored["state"]
+
+    def save(self, state: dict) -> None:
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        torch.save(dict(settings=self.settings, state=state), tmp)
+        os.replace(tmp, self.path)
+
+    def discard(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
 @dataclass
 class Job:
     """One run: ``key`` names its checkpoint, ``settings`` are everything it depends on,
-    ``work`` units its share of the progress bar, ``fn(progress)`` runs it."""
+    ``work`` units its share of the progress bar, ``fn(progress)`` runs it; a ``resumable``
+    job's ``fn(progress, checkpoint)`` also gets the ``Checkpoint`` to save its state in."""
     key: str
     settings: dict
     fn: Callable
     work: int = 1
+    resumable: bool = False
 
 
 def run_jobs(jobs: list[Job], out_dir: str, progress) -> list[dict]:
@@ -55,7 +96,13 @@ def run_jobs(jobs: list[Job], out_dir: str, progress) -> list[dict]:
                 continue
             print(f"rerunning {job.key}: its settings differ from the stored run's",
                   file=sys.stderr)
-        result = dict(job.fn(progress), settings=settings)
+        if job.resumable:
+            checkpoint = Checkpoint(os.path.join(folder, f"{job.key}.partial.pt"), settings)
+            result = dict(job.fn(progress, checkpoint), settings=settings)
+        else:
+            checkpoint, result = None, dict(job.fn(progress), settings=settings)
         atomic_json(path, result)
+        if checkpoint is not None:  # only once the finished run is safely on disk
+            checkpoint.discard()
         results.append(result)
     return results

@@ -139,7 +139,17 @@ def evaluate(model, x, y, loss, chunk=2048) -> tuple[float, float | None]:
     return total / len(x), (correct / len(x) if loss == "cross_entropy" else None)
 
 
-def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
+def _state(epoch, model, opt, gen, history, batch_changes, elapsed) -> dict:
+    """Everything an uninterrupted run carries from one epoch to the next, so that a run resumed
+    from it continues step for step as if it had not stopped: the initial model, the NTK probe
+    direction and the initial kernel follow from the seed and are rebuilt, not stored."""
+    return dict(epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
+                batch_generator=gen.get_state(), torch_rng=torch.get_rng_state(),
+                history=history, batch_changes=batch_changes, seconds=elapsed)
+
+
+def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=None,
+        save_every: float = 300.0) -> dict:
     """Train and return ``{"optimizer", "seed", "label", "lr", "history": [...], ...}``.
 
     History rows (epoch 0 is the initialization): ``epoch, train_loss, train_acc, test_loss,
@@ -153,6 +163,12 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
     last; in between the losses and accuracies are None, except that a full-batch run fills
     ``train_loss`` from the next step (the loss before a full-batch step is the training loss
     where the previous row left off), so its training loss is known at every step.
+
+    With a ``checkpoint`` (``store.Checkpoint``) the run saves its state after an epoch once
+    ``save_every`` seconds have passed since the last save, and a run that finds a saved state
+    continues after that epoch with the same model, optimizer state, batch order and random
+    streams: the same history as an uninterrupted run, only ``seconds`` and the wall clock
+    differ.
     """
     loss = "cross_entropy" if data.num_classes else "mse"
     torch.manual_seed(spec.seed)
@@ -199,13 +215,31 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
             row["exact_fraction"] = sum(exact_steps) / len(exact_steps)
         history.append(row)
 
-    record(0, [])
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        record(0, [])
+    else:
+        model.load_state_dict(saved["model"])  # in place: the optimizer's parameters stay bound
+        if spec.then is not None and saved["epoch"] > spec.switch_epoch:
+            current = spec.then
+            opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["batch_generator"])
+        history, batch_changes = saved["history"], saved["batch_changes"]
+        elapsed = saved["seconds"]
+        if kernels is not None:  # the latest kernel, for the next row's velocity
+            kernels.append(diagnostics.empirical_ntk(model, probe))
+        if progress is not None:
+            progress.update(saved["epoch"], f"{spec.key} resumed after epoch {saved['epoch']}")
+    last_save = time.perf_counter()
     with warnings.catch_warnings():
         # ExactGN warns when a block is rank deficient; with the paper's linear first block that
         # is the normal case (DESIGN §3.1) and exact_fraction records it
         warnings.simplefilter("ignore", RuntimeWarning)
         warm_up(spec, model, xtr, ytr, loss)
-        for epoch in range(1, spec.epochs + 1):
+        if saved is not None:  # after the warm-up, as where the state was saved
+            torch.set_rng_state(saved["torch_rng"])
+        for epoch in range(1 if saved is None else saved["epoch"] + 1, spec.epochs + 1):
             if spec.then is not None and epoch == spec.switch_epoch + 1:
                 current = spec.then
                 opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
@@ -225,6 +259,10 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None) -> dict:
                     batch_changes.append(diagnostics.batch_loss_change(before, after))
             elapsed += time.perf_counter() - t0
             record(epoch, exact_steps)
+            if (checkpoint is not None and epoch < spec.epochs
+                    and time.perf_counter() - last_save >= save_every):
+                checkpoint.save(_state(epoch, model, opt, gen, history, batch_changes, elapsed))
+                last_save = time.perf_counter()
             if progress is not None:
                 progress.update(1, f"{spec.key} epoch {epoch} train "
                                    f"{history[-1]['train_loss'] or float('nan'):.3g}")
