@@ -1,5 +1,5 @@
 """A run interrupted midway continues from its saved state exactly as if it had not stopped: the
-same history (all but the seconds), batch losses and final parameters."""
+same history (all but the seconds) and batch losses."""
 import os
 
 import pytest
