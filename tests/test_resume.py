@@ -45,7 +45,7 @@ def _without_seconds(result):
                                  for row in result["history"]])
 
 
-def _interrupted_then_resumed(spec, data, tmp_path, stop_after):
+def _interrupted_then_resumed(spec, data, tmp_path, stop_after, capsys=None):
     checkpoint = Checkpoint(str(tmp_path / "run.partial.pt"), dict(spec=spec.as_dict()))
     with pytest.raises(Interrupted):
         run(spec, data, progress=StopAfter(stop_after), checkpoint=checkpoint, save_every=0)
@@ -53,6 +53,8 @@ def _interrupted_then_resumed(spec, data, tmp_path, stop_after):
     progress = Count()
     resumed = run(spec, data, progress=progress, checkpoint=checkpoint, save_every=0)
     assert progress.done == spec.epochs and "resumed after epoch" in progress.notes[0]
+    if capsys is not None:  # and a log says so, where no progress bar shows
+        assert f"resuming after epoch {stop_after}" in capsys.readouterr().err
     return resumed
 
 
@@ -68,10 +70,10 @@ SPECS = {
 
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("stop_after", [1, 2])
-def test_a_resumed_run_matches_an_uninterrupted_one(name, stop_after, data, tmp_path):
+def test_a_resumed_run_matches_an_uninterrupted_one(name, stop_after, data, tmp_path, capsys):
     spec = SPECS[name]
     straight = run(spec, data)
-    resumed = _interrupted_then_resumed(spec, data, tmp_path, stop_after)
+    resumed = _interrupted_then_resumed(spec, data, tmp_path, stop_after, capsys)
     assert _without_seconds(resumed) == _without_seconds(straight)
     assert resumed["history"][stop_after]["seconds"] > 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -229,6 +230,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
         elapsed = saved["seconds"]
         if kernels is not None:  # the latest kernel, for the next row's velocity
             kernels.append(diagnostics.empirical_ntk(model, probe))
+        print(f"{spec.key}: resuming after epoch {saved['epoch']} (state saved in "
+              f"{checkpoint.path})", file=sys.stderr)
         if progress is not None:
             progress.update(saved["epoch"], f"{spec.key} resumed after epoch {saved['epoch']}")
     last_save = time.perf_counter()
