@@ -45,7 +45,8 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not os.path.exists(self.path):
             return None
-        stored = torch.load(self.path, weights_only=True)
+        # on the CPU: load_state_dict moves each tensor to where its model or optimizer lives
+        stored = torch.load(self.path, map_location="cpu", weights_only=True)
         if stored.get("settings") != self.settings:
             print(f"discarding {os.path.basename(self.path)}: saved under other settings",
                   file=sys.stderr)
