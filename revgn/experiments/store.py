@@ -45,23 +45,37 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not os.path.exists(self.path):
             return None
-        # on the CPU: load_state_dict moves each tensor to where its model or optimizer lives
-        stored = torch.load(self.path, map_location="cpu", weights_only=True)
-        if stored.get("settings") != self.settings:
-            print(f"discarding {os.path.basename(self.path)}: saved under other settings",
-                  file=sys.stderr)
-            self.discard()
-            return None
-        return stored["state"]
+        try:
+            # on the CPU: load_state_dict moves each tensor to where its model or optimizer lives
+            stored = torch.load(self.path, map_location="cpu", weights_only=True)
+            settings, state = stored["settings"], stored["state"]
+        except Exception as exc:  # truncated, foreign or from an older layout: start afresh
+            return self._discard_because(f"unreadable ({type(exc).__name__})")
+        if settings != self.settings:
+            return self._discard_because("saved under other settings")
+        return state
 
     def save(self, state: dict) -> None:
         tmp = f"{self.path}.tmp{os.getpid()}"
-        torch.save(dict(settings=self.settings, state=state), tmp)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(dict(settings=self.settings, state=state), f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it replaces the previous state
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     def discard(self) -> None:
         if os.path.exists(self.path):
             os.remove(self.path)
+
+    def _discard_because(self, reason: str) -> None:
+        print(f"discarding {os.path.basename(self.path)}: {reason}", file=sys.stderr)
+        self.discard()
+        return None
 
 
 @dataclass
@@ -87,18 +101,21 @@ def run_jobs(jobs: list[Job], out_dir: str, progress) -> list[dict]:
     results = []
     for job in jobs:
         path = os.path.join(folder, f"{job.key}.json")
+        partial = os.path.join(folder, f"{job.key}.partial.pt")
         settings = _canonical(job.settings)
         if os.path.exists(path):
             with open(path) as f:
                 stored = json.load(f)
             if stored.get("settings") == settings:
+                if os.path.exists(partial):  # left by an interruption after the run was written
+                    os.remove(partial)
                 results.append(stored)
                 progress.update(job.work, f"{job.key} (done before)")
                 continue
             print(f"rerunning {job.key}: its settings differ from the stored run's",
                   file=sys.stderr)
         if job.resumable:
-            checkpoint = Checkpoint(os.path.join(folder, f"{job.key}.partial.pt"), settings)
+            checkpoint = Checkpoint(partial, settings)
             result = dict(job.fn(progress, checkpoint), settings=settings)
         else:
             checkpoint, result = None, dict(job.fn(progress), settings=settings)

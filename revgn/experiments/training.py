@@ -168,8 +168,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
     With a ``checkpoint`` (``store.Checkpoint``) the run saves its state after an epoch once
     ``save_every`` seconds have passed since the last save, and a run that finds a saved state
     continues after that epoch with the same model, optimizer state, batch order and random
-    streams: the same history as an uninterrupted run, only ``seconds`` and the wall clock
-    differ.
+    streams: the same history as an uninterrupted run on the same device, only ``seconds`` and
+    the wall clock differ (a state saved on another device resumes too, equal up to rounding).
     """
     loss = "cross_entropy" if data.num_classes else "mse"
     torch.manual_seed(spec.seed)
@@ -216,32 +216,33 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
             row["exact_fraction"] = sum(exact_steps) / len(exact_steps)
         history.append(row)
 
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is None:
-        record(0, [])
-    else:
-        model.load_state_dict(saved["model"])  # in place: the optimizer's parameters stay bound
-        if spec.then is not None and saved["epoch"] > spec.switch_epoch:
-            current = spec.then
-            opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["batch_generator"])
-        history, batch_changes = saved["history"], saved["batch_changes"]
-        elapsed = saved["seconds"]
-        if kernels is not None:  # the latest kernel, for the next row's velocity
-            kernels.append(diagnostics.empirical_ntk(model, probe))
-        print(f"{spec.key}: resuming after epoch {saved['epoch']} (state saved in "
-              f"{checkpoint.path})", file=sys.stderr)
-        if progress is not None:
-            progress.update(saved["epoch"], f"{spec.key} resumed after epoch {saved['epoch']}")
-    last_save = time.perf_counter()
     with warnings.catch_warnings():
         # ExactGN warns when a block is rank deficient; with the paper's linear first block that
         # is the normal case (DESIGN §3.1) and exact_fraction records it
         warnings.simplefilter("ignore", RuntimeWarning)
+        # on the initial model, before any saved state is loaded: as in an uninterrupted run
         warm_up(spec, model, xtr, ytr, loss)
-        if saved is not None:  # after the warm-up, as where the state was saved
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is None:
+            record(0, [])
+        else:
+            model.load_state_dict(saved["model"])  # in place: the optimizer stays bound to it
+            if spec.then is not None and saved["epoch"] > spec.switch_epoch:
+                current = spec.then
+                opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
+            opt.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["batch_generator"])
             torch.set_rng_state(saved["torch_rng"])
+            history, batch_changes = saved["history"], saved["batch_changes"]
+            elapsed = saved["seconds"]
+            if kernels is not None:  # the latest kernel, for the next row's velocity
+                kernels.append(diagnostics.empirical_ntk(model, probe))
+            print(f"{spec.key}: resuming after epoch {saved['epoch']} (state saved in "
+                  f"{checkpoint.path})", file=sys.stderr)
+            if progress is not None:
+                progress.update(saved["epoch"],
+                                f"{spec.key} resumed after epoch {saved['epoch']}")
+        last_save = time.perf_counter()
         for epoch in range(1 if saved is None else saved["epoch"] + 1, spec.epochs + 1):
             if spec.then is not None and epoch == spec.switch_epoch + 1:
                 current = spec.then
