@@ -149,6 +149,11 @@ def _state(epoch, model, opt, gen, history, batch_changes, elapsed) -> dict:
                 history=history, batch_changes=batch_changes, seconds=elapsed)
 
 
+def spec_at_epoch(spec: RunSpec, epoch: int) -> RunSpec:
+    """The spec that trains epoch ``epoch`` (from 1): ``spec.then`` after ``switch_epoch``."""
+    return spec.then if spec.then is not None and epoch > spec.switch_epoch else spec
+
+
 def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=None,
         save_every: float = 300.0) -> dict:
     """Train and return ``{"optimizer", "seed", "label", "lr", "history": [...], ...}``.
@@ -227,8 +232,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
             record(0, [])
         else:
             model.load_state_dict(saved["model"])  # in place: the optimizer stays bound to it
-            if spec.then is not None and saved["epoch"] > spec.switch_epoch:
-                current = spec.then
+            if spec_at_epoch(spec, saved["epoch"]) is not current:  # the state is the switched-to's
+                current = spec_at_epoch(spec, saved["epoch"])
                 opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
             opt.load_state_dict(saved["optimizer"])
             gen.set_state(saved["batch_generator"])
@@ -244,8 +249,8 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
                                 f"{spec.key} resumed after epoch {saved['epoch']}")
         last_save = time.perf_counter()
         for epoch in range(1 if saved is None else saved["epoch"] + 1, spec.epochs + 1):
-            if spec.then is not None and epoch == spec.switch_epoch + 1:
-                current = spec.then
+            if spec_at_epoch(spec, epoch) is not current:
+                current = spec_at_epoch(spec, epoch)
                 opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
             t0 = time.perf_counter()
             exact_steps = []
