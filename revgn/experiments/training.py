@@ -190,8 +190,12 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
         direction = torch.randn(len(direction_probe), data.in_features,
                                 generator=torch.Generator().manual_seed(spec.seed),
                                 dtype=xtr.dtype).to(device)
+
+    def optimizer_for(s):
+        return make_optimizer(s.optimizer, model, s.lr, loss, s.options)
+
     current = spec
-    opt = make_optimizer(spec.optimizer, model, spec.lr, loss, spec.options)
+    opt = optimizer_for(current)
     gen = torch.Generator().manual_seed(spec.seed)
     history, batch_changes, elapsed = [], [], 0.0
 
@@ -232,9 +236,9 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
             record(0, [])
         else:
             model.load_state_dict(saved["model"])  # in place: the optimizer stays bound to it
-            if spec_at_epoch(spec, saved["epoch"]) is not current:  # the state is the switched-to's
-                current = spec_at_epoch(spec, saved["epoch"])
-                opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
+            current = spec_at_epoch(spec, saved["epoch"])
+            if current is not spec:  # the saved state is the switched-to optimizer's
+                opt = optimizer_for(current)
             opt.load_state_dict(saved["optimizer"])
             gen.set_state(saved["batch_generator"])
             torch.set_rng_state(saved["torch_rng"])
@@ -249,9 +253,9 @@ def run(spec: RunSpec, data: Dataset, device="cpu", progress=None, checkpoint=No
                                 f"{spec.key} resumed after epoch {saved['epoch']}")
         last_save = time.perf_counter()
         for epoch in range(1 if saved is None else saved["epoch"] + 1, spec.epochs + 1):
-            if spec_at_epoch(spec, epoch) is not current:
-                current = spec_at_epoch(spec, epoch)
-                opt = make_optimizer(current.optimizer, model, current.lr, loss, current.options)
+            trainer = spec_at_epoch(spec, epoch)
+            if trainer is not current:
+                current, opt = trainer, optimizer_for(trainer)
             t0 = time.perf_counter()
             exact_steps = []
             for xb, yb in batches(xtr, ytr, spec.batch_size or len(xtr), gen,
