@@ -407,6 +407,38 @@ def test_sweep_seeds_run_the_other_rates_on_fewer_seeds(tmp_path, capsys):
     assert "seeds" in table.splitlines()[1] and "Adam's other rates and SGD: seeds [1]" in table
 
 
+def test_no_sgd_leaves_only_the_sgd_runs_out(tmp_path):
+    from revgn.cli.common import UsageError
+    from revgn.experiments.config import command_line
+    plain = {s.key: s.as_dict() for s in EXPERIMENTS["minibatch"](
+        _config("minibatch", "--seeds", "1", "2", "--adam-lrs", "1e-4", "1e-3"))[0]}
+    cfg = _config("minibatch", "--seeds", "1", "2", "--adam-lrs", "1e-4", "1e-3", "--no-sgd")
+    assert cfg["sgd_lr"] is None and "no SGD baseline (--no-sgd)" in cfg["notes"]
+    specs = EXPERIMENTS["minibatch"](cfg)[0]
+    # the other runs are those of the command without the flag, key for key: a folder resumes
+    assert {s.key: s.as_dict() for s in specs} == {
+        k: v for k, v in plain.items() if v["optimizer"] != "sgd"}
+    assert "sgd" in {v["optimizer"] for v in plain.values()}
+    egn = EXPERIMENTS["egn"](_config("egn", "--no-sgd"))[0]
+    assert {s.optimizer for s in egn} == {"egn", "adam"}
+    argv = command_line(cfg)
+    assert "--no-sgd" in argv and "--sgd-lr" not in argv
+    assert _config(*argv)["sgd_lr"] is None
+    assert "--no-sgd" not in command_line(_config("minibatch"))
+    with pytest.raises(SystemExit):  # argparse: not allowed with --sgd-lr
+        _config("minibatch", "--no-sgd", "--sgd-lr", "0.1")
+    with pytest.raises(UsageError, match="no-sgd"):
+        _config("egn-regression", "--no-sgd")
+    with pytest.raises(UsageError, match="changes no run"):  # one Adam rate and no SGD
+        _config("minibatch", "--seeds", "1", "2", "--sweep-seeds", "1", "--no-sgd")
+    assert main(["minibatch", "--quick", "--epochs", "1", "--no-sgd", "--out",
+                 str(tmp_path)]) == 0
+    result = _check(tmp_path, ["gn", "adam"])
+    assert result["config"]["learning_rates"] == {"gn": [0.1], "adam": [1e-3]}
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "adam-seed0.json", "gn-seed0.json"]
+
+
 def test_paper_settings():
     cfg = _config("fullbatch", "--paper", "--dataset", "mnist")
     assert cfg["model"] == dict(depth=2, bottleneck=8000, init_std=1e-3)

@@ -62,8 +62,11 @@ def build_parser(names) -> argparse.ArgumentParser:
                    help="a line added to config['notes'] in results.json (repeatable): how and "
                         "where the run was made; it does not change the runs, so a folder "
                         "resumes with or without it")
-    p.add_argument("--sgd-lr", type=positive_float, default=None,
-                   help="default: 0.1 (0.01 for cifar10)")
+    sgd = p.add_mutually_exclusive_group()
+    sgd.add_argument("--sgd-lr", type=positive_float, default=None,
+                     help="default: 0.1 (0.01 for cifar10)")
+    sgd.add_argument("--no-sgd", action="store_true",
+                     help="leave the SGD baseline out (GN against Adam alone: a long run, say)")
     p.add_argument("--width", type=positive_int, default=None,
                    help="arbel-regimes: hidden units of the student (default: 1000, 100 with "
                         "--quick, 5000 with --paper)")
@@ -146,10 +149,10 @@ def egn_regression_config(args) -> dict:
     """Korbit et al.'s comparison (``registry.egn_regression``): a one-hidden-layer tanh MLP,
     mini-batch mean squared error; every rate is the experiment's own (no --adam-lr)."""
     from revgn.cli.common import UsageError
-    if any(v is not None for v in (args.adam_lr, args.adam_lrs, args.sgd_lr, args.gn_lr,
-                                   args.bottleneck, args.depth)):
-        raise UsageError("egn-regression sets its own rates and model: --adam-lr(s), --sgd-lr, "
-                         "--gn-lr, --bottleneck and --depth do not apply")
+    if args.no_sgd or any(v is not None for v in (args.adam_lr, args.adam_lrs, args.sgd_lr,
+                                                  args.gn_lr, args.bottleneck, args.depth)):
+        raise UsageError("egn-regression sets its own rates and model: --adam-lr(s), "
+                         "--sgd-lr, --no-sgd, --gn-lr, --bottleneck and --depth do not apply")
     epochs = _pick(args.epochs, 3 if args.quick else EGN_REGRESSION["epochs"])
     notes = ["EGN and SGN: lr 1, damping 1 (lambda of the mean loss), SGN at most 10 CG "
              "iterations; line search: stochastic Armijo on the batch (c 0.1, shrink 0.8, grow "
@@ -186,6 +189,8 @@ def revmlp_config(args, dataset) -> dict:
     if args.quick:
         notes.append(f"quick: the first {QUICK_EXAMPLES[0]} training and {QUICK_EXAMPLES[1]} "
                      "test examples")
+    if args.no_sgd:
+        notes.append("no SGD baseline (--no-sgd)")
     return dict(
         epochs=epochs,
         batch_size=batch_size,
@@ -195,7 +200,7 @@ def revmlp_config(args, dataset) -> dict:
         adam_lr=adam_lrs[0],
         adam_lrs=adam_lrs,
         eval_every=_pick(args.eval_every, 1),
-        sgd_lr=_pick(args.sgd_lr, 0.01 if cifar else 0.1),
+        sgd_lr=None if args.no_sgd else _pick(args.sgd_lr, 0.01 if cifar else 0.1),
         notes=notes,
     )
 
@@ -283,7 +288,8 @@ def command_line(cfg) -> list[str]:
     if name == "egn-regression":  # its model and rates are the experiment's own
         return argv
     argv += ["--depth", str(cfg["model"]["depth"]), "--bottleneck", str(cfg["model"]["bottleneck"]),
-             "--adam-lrs", *map(repr, cfg["adam_lrs"]), "--sgd-lr", repr(cfg["sgd_lr"])]
+             "--adam-lrs", *map(repr, cfg["adam_lrs"])]
+    argv += ["--no-sgd"] if cfg.get("sgd_lr") is None else ["--sgd-lr", repr(cfg["sgd_lr"])]
     if cfg.get("gn_lr") is not None:
         argv += ["--gn-lr", repr(cfg["gn_lr"])]
     if cfg.get("sweep_seeds"):

@@ -49,8 +49,15 @@ def _gn_adam(cfg, gn_lr, **kw):
     return _runs(cfg, "gn", _gn_lr(cfg, gn_lr), **kw) + _adam_runs(cfg, **kw)
 
 
+def _sgd_runs(cfg, **kw):
+    """SGD at the config's rate on the sweep seeds; none under ``--no-sgd`` (rate None)."""
+    if cfg.get("sgd_lr") is None:
+        return []
+    return _runs(cfg, "sgd", cfg["sgd_lr"], _sweep_seeds(cfg), **kw)
+
+
 def _gn_adam_sgd(cfg, gn_lr, **kw):
-    return _gn_adam(cfg, gn_lr, **kw) + _runs(cfg, "sgd", cfg["sgd_lr"], _sweep_seeds(cfg), **kw)
+    return _gn_adam(cfg, gn_lr, **kw) + _sgd_runs(cfg, **kw)
 
 
 def fullbatch(cfg):
@@ -144,7 +151,7 @@ def egn(cfg):
     """EGN (any module) vs Adam vs SGD on the same tanh MLP."""
     cfg = dict(cfg, model=dict(arch="mlp", width=256))
     return (_runs(cfg, "egn", 1.0, options=dict(damping=1.0))
-            + _adam_runs(cfg) + _runs(cfg, "sgd", cfg["sgd_lr"], _sweep_seeds(cfg))), \
+            + _adam_runs(cfg) + _sgd_runs(cfg)), \
         dict(model="MLP in-256-out, tanh")
 
 
