@@ -1,12 +1,15 @@
 """Brute-force exactness table: ``||J(theta) delta + lr e|| / ||lr e||`` per configuration.
 
-    python benchmarks/exactness_table.py
+    python benchmarks/exactness_table.py [--out docs/figures/exactness.json]
 
 ``delta`` is one ExactGN step's parameter change and ``J(theta) delta`` its first-order effect
 on the batch outputs, computed independently by forward-mode AD through the model
 (``torch.func.jvp``). Function scaling must give ``-lr e``; per_block ``-lr L e``.
 """
+import argparse
 import itertools
+import json
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -43,24 +46,35 @@ def error(case, loss_cfg, scaling, dtype, seed=0):
     deltas, result = opt.direction(x, y)
     target = -0.5 * (depth if scaling == "per_block" else 1) * output_step(
         model(x), y, loss, curvature, damping)
-    return rel_err(output_jvp(model, x, deltas), target), result.exact
+    return rel_err(output_jvp(model, x, deltas), target), result
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=None, help="write the table as JSON to this file")
+    args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(f"{'depth':>5} {'d':>4} {'M':>4} {'n':>4} {'act':>5} {'loss':>14} {'curvature':>9} "
           f"{'scaling':>9} {'float64':>10} {'float32':>10}")
     worst = {torch.float64: 0.0, torch.float32: 0.0}
     inexact = 0
+    rows = []
     for case, loss_cfg, scaling in itertools.product(CASES, LOSSES, ["function", "per_block"]):
         cells = []
+        depth, d, M, n, act = case
+        row = dict(depth=depth, d=d, M=M, n=n, activation=act, loss=loss_cfg[0],
+                   curvature=loss_cfg[1], damping=loss_cfg[2], step_scaling=scaling)
         for dtype in (torch.float64, torch.float32):
-            err, exact = error(case, loss_cfg, scaling, dtype)
+            err, result = error(case, loss_cfg, scaling, dtype)
+            exact = result.exact
             if exact:
                 worst[dtype] = max(worst[dtype], err)
             inexact += not exact
             cells.append(f"{err:9.1e}{' ' if exact else '*'}")
-        depth, d, M, n, act = case
+            name = str(dtype).removeprefix("torch.")
+            row[name], row[f"{name}_exact"] = err, bool(exact)
+            row[f"{name}_routes"] = [f"{c.block}{c.coupling}: {c.method}" for c in result.blocks]
+        rows.append(row)
         print(f"{depth:>5} {d:>4} {M:>4} {n:>4} {act:>5} {loss_cfg[0]:>14} {loss_cfg[1]:>9} "
               f"{scaling:>9} {cells[0]:>10} {cells[1]:>10}")
     print(f"worst over exact steps: float64 {worst[torch.float64]:.1e} (bound 1e-8), "
@@ -68,12 +82,20 @@ def main():
     if inexact:
         print(f"* {inexact} steps reported exact=False: a coupling's A~ has singular values under "
               f"the Gram floor (revgn.solvers.gram_rtol_floor) and was truncated")
-    ill_conditioned()
+    ill = ill_conditioned()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(command="python benchmarks/exactness_table.py --out " + args.out,
+                           torch=torch.__version__, python=platform.python_version(),
+                           error="||J delta + lr e|| / ||lr e||", cases=rows,
+                           worst=dict(float64=worst[torch.float64],
+                                      float32=worst[torch.float32]),
+                           ill_conditioned=ill), f, indent=1)
 
 
 def ill_conditioned():
     """An ill-conditioned float64 batch (depth 3, M = n + 3): the Gram route before and after
-    its refinement, against the SVD and QR routes."""
+    its refinement, against the SVD and QR routes. Returns the rows printed."""
     depth, d, M, n = 3, 4, 15, 12
     torch.manual_seed(2)
     model = make_model(d, 3, depth, M, activation="gelu", std=0.5)
@@ -81,6 +103,7 @@ def ill_conditioned():
     target = -0.3 * output_step(model(x), y, "cross_entropy")
     print(f"\nill-conditioned batch: depth {depth}, d {d}, M {M}, n {n}, gelu, cross_entropy")
     print(f"{'solver':>20} {'error':>10} {'max residual':>13} {'max |delta|':>12}")
+    rows = []
     for solver, refine in [("cholesky", False), ("cholesky", True), ("eigh", True),
                            ("svd", True), ("qr", True)]:
         saved = revgn.solvers.REFINE_RTOL
@@ -92,8 +115,12 @@ def ill_conditioned():
             revgn.solvers.REFINE_RTOL = saved
         name = solver if refine or solver not in ("cholesky", "eigh") else f"{solver} unrefined"
         size = max(float(dlt.abs().max()) for dlt in deltas)
-        print(f"{name:>20} {rel_err(output_jvp(model, x, deltas), target):10.1e} "
-              f"{result.max_residual:13.1e} {size:12.4g}")
+        err = float(rel_err(output_jvp(model, x, deltas), target))
+        print(f"{name:>20} {err:10.1e} {result.max_residual:13.1e} {size:12.4g}")
+        rows.append(dict(solver=name, error=err, max_residual=float(result.max_residual),
+                         max_abs_delta=size))
+    return dict(depth=depth, d=d, M=M, n=n, activation="gelu", loss="cross_entropy",
+                solvers=rows)
 
 
 if __name__ == "__main__":
