@@ -1,6 +1,7 @@
 """EGN's row system: the structured ``J J^T`` against the explicit Jacobian.
 
     python benchmarks/test_bench_egn.py                 # side-by-side table, full size
+    python benchmarks/test_bench_egn.py --out egn.json  # ... and the measurement as JSON
     python benchmarks/test_bench_egn.py --batch 32      # smaller explicit Jacobian
     python -m pytest benchmarks/test_bench_egn.py       # pytest-benchmark timings, small MLP
 
@@ -83,27 +84,39 @@ def measure(path, widths, batch, repeats, scratch):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def table(widths=WIDTHS, batch=BATCH, repeats=5) -> str:
+def compare(widths=WIDTHS, batch=BATCH, repeats=5) -> dict:
+    """Both paths measured, each in its own child process, and how far their directions agree."""
+    import platform
     import tempfile
     with tempfile.TemporaryDirectory() as scratch:
         rows = {"structured": measure("structured", widths, batch, repeats, scratch),
                 "explicit": measure("explicit", widths, batch, 1, scratch)}
         a, b = (torch.load(os.path.join(scratch, f"{p}.pt")) for p in rows)
     flat = [torch.cat([t.reshape(-1).double() for t in d]) for d in (a, b)]
-    agreement = float((flat[0] - flat[1]).norm() / flat[1].norm())
-    s, e = rows["structured"], rows["explicit"]
-    P = sum(p.numel() for p in make(widths, 1)[0].parameters())
+    # a workspace small enough to fit in pages already resident raises no peak: no ratio then
+    structured_rise = rows["structured"]["peak_rise_bytes"]
+    return dict(widths=list(widths), batch=batch, classes=widths[-1],
+                parameters=sum(p.numel() for p in make(widths, 1)[0].parameters()),
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), paths=rows,
+                time_ratio=rows["explicit"]["seconds"] / rows["structured"]["seconds"],
+                memory_ratio=(rows["explicit"]["peak_rise_bytes"] / structured_rise
+                              if structured_rise else None),
+                direction_agreement=float((flat[0] - flat[1]).norm() / flat[1].norm()))
+
+
+def format_comparison(c: dict) -> str:
+    widths, batch, P = c["widths"], c["batch"], c["parameters"]
     lines = [f"EGN direction, MLP {'-'.join(map(str, widths))} (P = {P:,}), b = {batch}, "
-             f"cross-entropy, float32, CPU, {torch.get_num_threads()} threads",
+             f"cross-entropy, float32, CPU, {c['threads']} threads",
              f"{'path':<12}{'time / direction':>18}{'peak memory rise':>20}{'calls':>7}"]
-    for name, r in rows.items():
+    for name, r in c["paths"].items():
         lines.append(f"{name:<12}{r['seconds'] * 1e3:>15,.0f} ms"
                      f"{r['peak_rise_bytes'] / 2**20:>16,.1f} MiB{r['calls']:>7}")
-    lines.append(f"{'ratio':<12}{e['seconds'] / s['seconds']:>17,.0f}x"
-                 f"{e['peak_rise_bytes'] / s['peak_rise_bytes']:>19,.0f}x   (explicit / "
-                 f"structured)")
-    lines.append(f"explicit J alone: b c P x 4 bytes = {batch * widths[-1] * P * 4 / 2**20:,.0f} "
-                 f"MiB; directions agree to {agreement:.1e} (relative, float32)")
+    memory = f"{c['memory_ratio']:.3g}x" if c["memory_ratio"] else "-"
+    lines.append(f"{'ratio':<12}{c['time_ratio']:>17.3g}x{memory:>20}   (explicit / structured)")
+    lines.append(f"explicit J alone: b c P x 4 bytes = {batch * c['classes'] * P * 4 / 2**20:,.0f} "
+                 f"MiB; directions agree to {c['direction_agreement']:.1e} (relative, float32)")
     return "\n".join(lines)
 
 
@@ -122,12 +135,17 @@ def main(argv=None):
     parser.add_argument("--widths", default="-".join(map(str, WIDTHS)))
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed directions after the warm-up (structured path)")
+    parser.add_argument("--out", default=None, help="also write the measurement as JSON here")
     args = parser.parse_args(argv)
     widths = tuple(int(w) for w in args.widths.split("-"))
     if args.child:
         _child(args.child, widths, args.batch, args.repeats)
     else:
-        print(table(widths, args.batch, args.repeats))
+        result = compare(widths, args.batch, args.repeats)
+        print(format_comparison(result))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(dict(result, command=" ".join(["python", *sys.argv])), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The command line: in-process on small settings, and through ``python -m revgn`` in a fresh
 process where the exit status, stderr and the absence of a traceback are what is tested."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -190,9 +191,21 @@ def test_bench_quick_writes_json_and_plot(tmp_path, capsys):
 
 def test_egn_examples_quick_without_third_party_noise(tmp_path):
     # in a fresh process: torch warns about torch.jit.script once per process, on first use
-    proc = revgn("egn-examples", "--quick", cwd=tmp_path)
+    proc = revgn("egn-examples", "--quick", "--out", "examples.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "digits" in proc.stdout and "diabetes" in proc.stdout
+    stored = json.loads((tmp_path / "examples.json").read_text())
+    assert stored["epochs"] == 2 and set(stored["tasks"]) == {"digits", "diabetes"}
+    for rows in stored["tasks"].values():
+        assert [r["optimizer"] for r in rows] == ["egn", "egn+ls", "egn+ls+ad", "adam", "sgd"]
+        assert all(len(r["history"]) == 2 and math.isfinite(r["value"]) for r in rows)
+        adaptive = rows[2]
+        # adaptive damping moved lambda away from its start, and saw a rho on every step it judged
+        assert adaptive["final_damping"] != 1.0 and adaptive["median_rho"] is not None
+        assert "final_damping" not in rows[3]
+        # the printed final loss of each run is the stored one
+        for r in rows:
+            assert f"{r['history'][-1][2]:.4f}" in proc.stdout
     assert "FutureWarning" not in proc.stderr and "jit.script" not in proc.stderr, proc.stderr
 
 

@@ -4,6 +4,10 @@ metric, whatever they show."""
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import platform
+import statistics
 import time
 
 import torch
@@ -86,14 +90,16 @@ def run_task(name, epochs, batch_size, seed):
         else:
             opt = torch.optim.SGD(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
-        history, elapsed = [], 0.0
+        history, elapsed, rhos = [], 0.0, []
         for epoch in range(epochs):
             perm = torch.randperm(len(xtr), generator=gen)
             t0 = time.perf_counter()
             for i in range(0, len(xtr), batch_size):
                 xb, yb = xtr[perm[i:i + batch_size]], ytr[perm[i:i + batch_size]]
                 if opt_name == "egn":
-                    opt.step(xb, yb)
+                    rho = opt.step(xb, yb).rho
+                    if rho is not None and math.isfinite(rho):
+                        rhos.append(rho)
                 else:
                     opt.zero_grad(set_to_none=True)
                     mean_loss(model(xb), yb, task["loss"]).backward()
@@ -103,7 +109,13 @@ def run_task(name, epochs, batch_size, seed):
                 history.append((epoch + 1, elapsed, float(mean_loss(model(xtr), ytr,
                                                                     task["loss"]))))
         metric, value = _metric(task, model, xte, yte)
-        rows.append(dict(optimizer=label, lr=lr, history=history, metric=metric, value=value))
+        row = dict(optimizer=label, lr=lr, options=options, history=history, metric=metric,
+                   value=value)
+        if opt_name == "egn":
+            # what adaptive damping did: the damping it ended at, and the typical rho it saw
+            row["final_damping"] = float(opt.param_groups[0]["damping"])
+            row["median_rho"] = statistics.median(rhos) if rhos else None
+        rows.append(row)
     return rows
 
 
@@ -126,13 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="revgn egn-examples",
         description="EGN vs Adam vs SGD on scikit-learn's bundled digits (classification) and "
                     "diabetes (regression) data: training loss by epoch and by wall time, and the "
-                    "test metric, as tables on stdout; writes no files.",
+                    "test metric, as tables on stdout (and as JSON with --out).",
         epilog=EXIT_STATUS, formatter_class=HelpFormatter)
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="passes over each training set")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits, init and batches")
     parser.add_argument("--quick", action="store_true", help="2 epochs, overriding --epochs (CI)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="also write every run (history, test metric, EGN's final damping "
+                             "and median rho) as JSON to FILE")
     return parser
 
 
@@ -144,9 +159,18 @@ def main(argv=None) -> int:
     print(f"{epochs} epochs, batch {args.batch_size}, seed {args.seed}; loss: mean over the "
           f"training set, mse as 1/2 ||f - y||^2 per example")
     print()
+    results = {}
     for name in TASKS:
-        print(format_task(name, run_task(name, epochs, args.batch_size, args.seed)))
+        results[name] = run_task(name, epochs, args.batch_size, args.seed)
+        print(format_task(name, results[name]))
         print()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                           torch=torch.__version__, python=platform.python_version(),
+                           threads=torch.get_num_threads(),
+                           history_columns=["epoch", "seconds", "train_loss"], tasks=results),
+                      f, indent=1)
     return 0
 
 
