@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import socket
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -270,7 +272,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--check", action="store_true",
                         help="rank 0 replays the steps with ExactGN in one process and compares")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="with --check: rank 0 also writes the comparison as JSON to FILE")
     args = parser.parse_args(argv)
+    if args.out and not args.check:
+        parser.error("--out writes the comparison of --check; add --check")
     case = ParityCase(loss=args.loss, dtype=args.dtype, d=args.width, k=args.classes,
                       M=args.bottleneck, depth=args.depth, n=args.batch, steps=args.steps,
                       lr=args.lr, seed=args.seed, first_activation=args.first_activation,
@@ -306,6 +312,10 @@ def main(argv=None) -> int:
                           f"{f64['distributed']:.2e}, one process {f64['single']:.2e}")
                 print(f"all-reduced elements per step: {report['reduced_per_step']} "
                       f"(predicted {report['predicted_per_step']})")
+                if args.out:
+                    with open(args.out, "w") as f:
+                        json.dump(dict(report, backend=backend, torch=torch.__version__,
+                                       command=" ".join(sys.argv)), f, indent=1)
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()

@@ -45,3 +45,19 @@ def test_egn_structured_vs_explicit_writes_its_measurement(tmp_path):
     assert abs(stored["time_ratio"] - ratio) < 1e-12
     assert f"{stored['time_ratio']:.3g}x" in out
     assert "--out egn.json" in stored["command"]
+
+
+def test_distributed_parity_table_prints_every_case_it_stores():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "distributed_parity_table", ROOT / "benchmarks" / "distributed_parity_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    stored = json.loads((ROOT / "docs" / "figures" / "distributed_parity.json").read_text())
+    assert set(stored["worlds"]) == {"2", "3"}
+    for world, reports in stored["worlds"].items():
+        assert set(reports) == set(table.CASES)  # the file holds the cases the tests run
+        text = table.format_world(int(world), reports)
+        for name, r in reports.items():
+            assert f"| {name} | {r['W']:.1e} | {r['theta']:.1e} |" in text
+            assert r["reports"] and r["replica_spread"] == 0.0

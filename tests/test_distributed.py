@@ -213,3 +213,11 @@ def test_a_folded_block_costs_its_folds_only():
     assert whole["total"] - folded["total"] == 2 * n * h + 2 * n * h + n * (n + 1) - 2 * h * h - 2
     first = tensor_parallel_elements(n, h, L, folded_blocks=(0,), first_step=True)
     assert first["total"] - folded["total"] == h * (h + 1)  # C C^T, once per coupling
+
+
+def test_parity_out_needs_check(capsys):
+    from revgn.distributed_parity import main as parity_main
+    with pytest.raises(SystemExit) as exit_info:
+        parity_main(["--out", "parity.json"])
+    assert exit_info.value.code == 2
+    assert "--out writes the comparison of --check" in capsys.readouterr().err
