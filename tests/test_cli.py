@@ -154,12 +154,19 @@ def test_every_option_has_help():
     assert "bench-out" in bench and "current folder" in bench and "paper-mnist" in bench
 
 
-def test_demo_prints_a_table(capsys):
-    assert main(["demo", "--epochs", "1", "--bottleneck", "64", "--batch-size", "256"]) == 0
+def test_demo_prints_a_table(capsys, tmp_path):
+    out_file = tmp_path / "demo.json"
+    assert main(["demo", "--epochs", "1", "--bottleneck", "64", "--batch-size", "256",
+                 "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     for name in ("gn", "adam", "sgd"):
         assert f"\n{name} " in out
     assert "test acc" in out
+    stored = json.loads(out_file.read_text())
+    assert (stored["epochs"], stored["bottleneck"], stored["batch_size"]) == (1, 64, 256)
+    assert [r["optimizer"] for r in stored["rows"]] == ["gn", "adam", "sgd"]
+    for r in stored["rows"]:  # the table printed is the one stored
+        assert f"{r['train_loss']:>12.4f}{r['test_acc']:>10.3f}" in out
 
 
 def test_report_prints_a_stored_results_tables(capsys):

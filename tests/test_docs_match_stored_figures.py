@@ -71,8 +71,20 @@ def test_egn_page_shows_the_stored_runs():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIGURES.glob("*.json")))
 def test_every_stored_figure_file_is_quoted_by_a_page(name):
-    pages = "".join(p.read_text() for p in DOCS.glob("*.md"))
+    pages = "".join(p.read_text() for p in [*DOCS.glob("*.md"), ROOT / "README.md"])
     assert f"figures/{name}" in pages
+
+
+def test_readme_shows_the_stored_demo():
+    readme = (ROOT / "README.md").read_text()
+    one_thread, default = _load("demo.json"), _load("demo_default_threads.json")
+    assert one_thread["threads"] == 1 and default["threads"] > 1
+    for r in one_thread["rows"]:
+        assert (f"{r['optimizer']:<10}{r['lr']:>8g}{r['train_loss']:>12.4f}{r['test_acc']:>10.3f}"
+                f"{r['ms_per_step']:>10.2f}") in readme
+    gn = {f["threads"]: f["rows"][0]["ms_per_step"] for f in (one_thread, default)}
+    assert (f"took {gn[default['threads']]:.0f} ms with torch's default {default['threads']} "
+            f"threads and {gn[1]:.0f} ms\nwith one") in readme
 
 
 def test_reliability_page_shows_the_stored_drift():

@@ -110,14 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="ExactGN vs Adam vs SGD on scikit-learn's digits (about a minute)",
         description="Trains a RevMLP on scikit-learn's bundled digits with ExactGN, Adam and SGD "
-                    "and prints train loss, test accuracy and time per step to stdout; writes "
-                    "no files.", epilog=EXIT_STATUS, formatter_class=formatter)
+                    "and prints train loss, test accuracy and time per step to stdout (and as "
+                    "JSON with --out).", epilog=EXIT_STATUS, formatter_class=formatter)
     demo.add_argument("--epochs", type=positive_int, default=5, help="passes over the training set")
     demo.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
     demo.add_argument("--bottleneck", type=positive_int, default=1024,
                       help="width M of the inverted bottleneck")
     demo.add_argument("--depth", type=positive_int, default=2, help="reversible blocks")
     demo.add_argument("--seed", type=int, default=0, help="seed of the split, init and batches")
+    demo.add_argument("--out", default=None, metavar="FILE",
+                      help="also write the table and the run's settings as JSON to FILE")
     demo.set_defaults(func=_demo)
 
     info = sub.add_parser(

@@ -1,6 +1,8 @@
 """``revgn demo``: RevMLP on scikit-learn's bundled digits with ExactGN, Adam and SGD."""
 from __future__ import annotations
 
+import json
+import platform
 import time
 import warnings
 
@@ -82,4 +84,11 @@ def main(args) -> int:
           f"epochs, {torch.get_num_threads()} threads")
     print(format_table(rows))
     print(f"(ExactGN backend: {backend})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(epochs=args.epochs, batch_size=args.batch_size,
+                           bottleneck=args.bottleneck, depth=args.depth, seed=args.seed,
+                           n_train=n_train, n_test=n_test, threads=torch.get_num_threads(),
+                           backend=backend, torch=torch.__version__,
+                           python=platform.python_version(), rows=rows), f, indent=1)
     return 0
