@@ -1,20 +1,23 @@
 """Compile every kernel configuration the launchers can choose, for an NVIDIA target, with no GPU.
 
     TRITON_INTERPRET=0 python -c "import revgn, sys; revgn.load_kernels(); \
-        from revgn.kernels import _compile_all; sys.exit(_compile_all.main())" [90] [--quick]
+        from revgn.kernels import _compile_all; sys.exit(_compile_all.main())" [90] [--quick] \
+        [--out FILE]
 
 Triton's ahead-of-time compiler (``triton.compile`` on an ``ASTSource`` with a ``GPUTarget``)
 runs the whole pipeline down to a cubin with the ptxas bundled in Triton's wheel, so lowering
 errors, shared-memory overflows and register spills show up on a machine without a GPU. Each
 configuration's registers per thread and spill bytes come from ``cuobjdump -res-usage``.
-It checks the Triton installed here, for sm90 by default (H100 / H200).
+It checks the Triton installed here, for sm90 by default (H100 / H200); ``--out FILE`` also
+writes every configuration's result as JSON.
 """
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import triton
@@ -157,23 +160,30 @@ def configurations(quick: bool = False):
 
 
 def main(argv=None) -> int:
-    """``[arch] [--quick]``: compile for sm<arch> (90 by default); exit 1 if any fails."""
+    """``[arch] [--quick] [--out FILE]``: compile for sm<arch> (90 by default); exit 1 if any
+    fails."""
     if _common.interpreted():
         print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
         return 2
     args = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in args
-    numbers = [a for a in args if a.isdigit()]
+    out = args[args.index("--out") + 1] if "--out" in args[:-1] else None
+    numbers = [a for a in args if a.isdigit() and a != out]
     arch = int(numbers[0]) if numbers else 90
-    failures = 0
+    failures, results = 0, []
     for fn, dtype, constants, warps, stages in configurations(quick):
         result = compile_one(fn, dtype, constants, warps, stages, arch)
+        results.append(dict(asdict(result), dtype=TYPE_NAMES[dtype], warps=warps, stages=stages))
         failures += not result.ok
         status = "ok  " if result.ok else "FAIL"
         detail = (f"regs {result.registers:3d} spill {result.spill_bytes:4d}" if result.ok
                   else result.error[:300])
         print(f"{status} {result.kernel:30s} {detail}  {result.config}")
     print(f"{failures} configuration(s) failed to compile for sm{arch}")
+    if out:
+        with open(out, "w") as f:
+            json.dump(dict(arch=f"sm{arch}", triton=triton.__version__, quick=quick,
+                           failures=failures, configurations=results), f, indent=1, default=str)
     return 1 if failures else 0
 
 

@@ -100,3 +100,14 @@ def test_reliability_page_shows_the_stored_drift():
         assert [c.strip() for c in row.group(1).split("|")] == [
             f"{stored['errors'][s][i]:.1e}" for s in stds]
     assert shown >= 5
+
+
+def test_triton_page_shows_the_stored_sm90_sweep():
+    page = (DOCS / "KERNELS_TRITON.md").read_text()
+    stored = _load("triton_sm90_compile.json")
+    configurations = stored["configurations"]
+    assert stored["arch"] == "sm90" and not stored["quick"]
+    assert f"({len(configurations)}:" in page
+    assert stored["failures"] == 0 and all(c["ok"] for c in configurations)
+    assert "no register spills" in page and all(c["spill_bytes"] == 0 for c in configurations)
+    assert f"Triton {stored['triton']}" in page

@@ -5,6 +5,7 @@ cover several tiles and their tails), or CUDA tensors on a GPU. Outputs are allo
 (NaN, or INT_MAX for int32) so an element a kernel forgets to write fails the test.
 """
 import contextlib
+import json
 import os
 
 import pytest
@@ -348,7 +349,7 @@ def test_float64_products_without_tl_dot(monkeypatch):
         assert_close(got, want, torch.float64)
 
 
-def test_kernels_compile_for_sm90():
+def test_kernels_compile_for_sm90(tmp_path):
     """Triton's ahead-of-time compiler down to a cubin, no GPU needed: lowering errors and
     shared-memory overflows of every kernel at its base tiles, float32 (IEEE, TF32, TF32x3)
     and float64 (with and without tl.dot). Register spills are reported, not failed. The full
@@ -365,11 +366,15 @@ def test_kernels_compile_for_sm90():
     if not ptxas.exists() and not os.environ.get("TRITON_PTXAS_PATH"):
         pytest.skip("no ptxas in this Triton")
     code = ("import revgn, sys; revgn.load_kernels(); from revgn.kernels import _compile_all; "
-            "sys.exit(_compile_all.main(['90', '--quick']))")
+            f"sys.exit(_compile_all.main(['90', '--quick', '--out', {str(tmp_path / 'c.json')!r}]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=900, cwd=Path(__file__).resolve().parents[1],
                          env=dict(os.environ, TRITON_INTERPRET="0"))
     assert run.returncode == 0, (run.stdout[-4000:], run.stderr[-4000:])
+    stored = json.loads((tmp_path / "c.json").read_text())
+    assert stored["arch"] == "sm90" and stored["quick"] and stored["failures"] == 0
+    assert sum(line.startswith("ok") for line in run.stdout.splitlines()) == len(
+        stored["configurations"])
     spilling = [line for line in run.stdout.splitlines()
                 if line.startswith("ok") and " spill    0 " not in line]
     if spilling:
