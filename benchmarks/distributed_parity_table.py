@@ -10,15 +10,12 @@ tensor, the losses, the forward before training and the direction; float32 cases
 ``ExactGN`` in float64 from the same start.
 """
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from revgn.cli.common import write_record  # noqa: E402
 from revgn.distributed_parity import parity_cases, run_local  # noqa: E402
 from tests.test_distributed import CASES  # noqa: E402
 
@@ -57,9 +54,7 @@ def main(argv=None):
         print(format_world(world, worlds[str(world)]))
         print()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(command=" ".join(["python", *sys.argv]), torch=torch.__version__,
-                           python=platform.python_version(), worlds=worlds), f, indent=1)
+        write_record(args.out, dict(worlds=worlds))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ on the batch outputs, computed independently by forward-mode AD through the mode
 """
 import argparse
 import itertools
-import json
-import platform
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import revgn  # noqa: E402
 import revgn.solvers  # noqa: E402
+from revgn.cli.common import write_record  # noqa: E402
 from revgn.losses import output_step  # noqa: E402
 from tests.helpers import labels, make_model, output_jvp, rel_err  # noqa: E402
 
@@ -84,13 +83,10 @@ def main():
               f"the Gram floor (revgn.solvers.gram_rtol_floor) and was truncated")
     ill = ill_conditioned()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(command="python benchmarks/exactness_table.py --out " + args.out,
-                           torch=torch.__version__, python=platform.python_version(),
-                           error="||J delta + lr e|| / ||lr e||", cases=rows,
-                           worst=dict(float64=worst[torch.float64],
-                                      float32=worst[torch.float32]),
-                           ill_conditioned=ill), f, indent=1)
+        write_record(args.out, dict(error="||J delta + lr e|| / ||lr e||", cases=rows,
+                                    worst=dict(float64=worst[torch.float64],
+                                               float32=worst[torch.float32]),
+                                    ill_conditioned=ill))
 
 
 def ill_conditioned():
@@ -115,7 +111,7 @@ def ill_conditioned():
             revgn.solvers.REFINE_RTOL = saved
         name = solver if refine or solver not in ("cholesky", "eigh") else f"{solver} unrefined"
         size = max(float(dlt.abs().max()) for dlt in deltas)
-        err = float(rel_err(output_jvp(model, x, deltas), target))
+        err = rel_err(output_jvp(model, x, deltas), target)
         print(f"{name:>20} {err:10.1e} {result.max_residual:13.1e} {size:12.4g}")
         rows.append(dict(solver=name, error=err, max_residual=float(result.max_residual),
                          max_abs_delta=size))

@@ -86,7 +86,6 @@ def measure(path, widths, batch, repeats, scratch):
 
 def compare(widths=WIDTHS, batch=BATCH, repeats=5) -> dict:
     """Both paths measured, each in its own child process, and how far their directions agree."""
-    import platform
     import tempfile
     with tempfile.TemporaryDirectory() as scratch:
         rows = {"structured": measure("structured", widths, batch, repeats, scratch),
@@ -97,8 +96,7 @@ def compare(widths=WIDTHS, batch=BATCH, repeats=5) -> dict:
     structured_rise = rows["structured"]["peak_rise_bytes"]
     return dict(widths=list(widths), batch=batch, classes=widths[-1],
                 parameters=sum(p.numel() for p in make(widths, 1)[0].parameters()),
-                threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), paths=rows,
+                threads=torch.get_num_threads(), paths=rows,
                 time_ratio=rows["explicit"]["seconds"] / rows["structured"]["seconds"],
                 memory_ratio=(rows["explicit"]["peak_rise_bytes"] / structured_rise
                               if structured_rise else None),
@@ -144,8 +142,8 @@ def main(argv=None):
         result = compare(widths, args.batch, args.repeats)
         print(format_comparison(result))
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(dict(result, command=" ".join(["python", *sys.argv])), f, indent=1)
+            from revgn.cli.common import write_record
+            write_record(args.out, result)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import socket
-import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -313,9 +311,8 @@ def main(argv=None) -> int:
                 print(f"all-reduced elements per step: {report['reduced_per_step']} "
                       f"(predicted {report['predicted_per_step']})")
                 if args.out:
-                    with open(args.out, "w") as f:
-                        json.dump(dict(report, backend=backend, torch=torch.__version__,
-                                       command=" ".join(sys.argv)), f, indent=1)
+                    from revgn.cli.common import write_record
+                    write_record(args.out, dict(report, backend=backend))
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()

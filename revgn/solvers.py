@@ -329,8 +329,9 @@ def solve_gram(A, T, bias, cfg: SolverConfig, max_rank: int | None, key=None,
     Z = sol.Z.to(A.dtype)
     realized = K @ Z  # in the working dtype: only the report and the cross-term read it
     # Only float64 is refined: a float32 D = A~^T Z loses up to the order of eps32 cond(A~)^2
-    # (a bound of ~7e-3 near the floor), which only float64 copies of A~ would win back. The residual reported here is
-    # that of K Z and does not see this rounding of D. A sharded A~ is not refined.
+    # (a bound of ~7e-3 near the floor), which only float64 copies of A~ would win back. The
+    # residual reported here is that of K Z and does not see this rounding of D. A sharded A~
+    # is not refined.
     residual = relative_residual(realized, T)
     if (exact and A.dtype == torch.float64 and status != NONFINITE and cfg.gram_reduce is None
             and residual > REFINE_RTOL):

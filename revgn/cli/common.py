@@ -112,3 +112,17 @@ QUIET_WARNINGS = (
 def quiet_third_party_warnings() -> None:
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def write_record(path, record: dict) -> None:
+    """Write a measurement as JSON to ``path``, with what reproduces it beside the numbers: the
+    command line, Python's and torch's versions, and torch's thread count."""
+    import json
+    import platform
+    import sys
+
+    import torch
+    provenance = dict(command=" ".join(["python", *sys.argv]), python=platform.python_version(),
+                      torch=torch.__version__, threads=torch.get_num_threads())
+    with open(path, "w") as f:
+        json.dump({**provenance, **record}, f, indent=1)

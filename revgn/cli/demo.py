@@ -1,8 +1,6 @@
 """``revgn demo``: RevMLP on scikit-learn's bundled digits with ExactGN, Adam and SGD."""
 from __future__ import annotations
 
-import json
-import platform
 import time
 import warnings
 
@@ -85,10 +83,8 @@ def main(args) -> int:
     print(format_table(rows))
     print(f"(ExactGN backend: {backend})")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(epochs=args.epochs, batch_size=args.batch_size,
-                           bottleneck=args.bottleneck, depth=args.depth, seed=args.seed,
-                           n_train=n_train, n_test=n_test, threads=torch.get_num_threads(),
-                           backend=backend, torch=torch.__version__,
-                           python=platform.python_version(), rows=rows), f, indent=1)
+        from revgn.cli.common import write_record
+        write_record(args.out, dict(epochs=args.epochs, batch_size=args.batch_size,
+                                    bottleneck=args.bottleneck, depth=args.depth, seed=args.seed,
+                                    n_train=n_train, n_test=n_test, backend=backend, rows=rows))
     return 0

@@ -4,9 +4,7 @@ metric, whatever they show."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import time
 
@@ -165,12 +163,10 @@ def main(argv=None) -> int:
         print(format_task(name, results[name]))
         print()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                           torch=torch.__version__, python=platform.python_version(),
-                           threads=torch.get_num_threads(),
-                           history_columns=["epoch", "seconds", "train_loss"], tasks=results),
-                      f, indent=1)
+        from revgn.cli.common import write_record
+        write_record(args.out, dict(epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                                    history_columns=["epoch", "seconds", "train_loss"],
+                                    tasks=results))
     return 0
 
 
